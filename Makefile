@@ -1,0 +1,74 @@
+# The interface people remember: make run, make test, make demo, make bench.
+# Every target installs what it needs itself (virtualenv, packages, codegen).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := protos/wxlogin/v1/auth.proto
+PROTO_OUT := wxlogin/v1/auth_pb2.py wxlogin/v1/auth_pb2_grpc.py wxlogin/v1/auth_pb2.pyi wxlogin/v1/auth_pb2_grpc.pyi
+
+.PHONY: help venv proto run service emulator edge test lint typecheck check demo bench bench-smoke clean
+
+help:
+	@echo "make run        start the dev stack (embedded mongod, WeChat emulator, service, edge)"
+	@echo "make test       install everything needed and run the whole test suite"
+	@echo "make demo       walk a simulated mini-program through the flow against a dev stack"
+	@echo "make bench      benchmarks against bare baselines (results in bench/results/)"
+	@echo "make lint | typecheck | check | proto | clean"
+
+venv: $(STAMP)
+
+# Re-install whenever the dependency list changes.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "wxlogin needs Python 3.11+")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+proto: $(PROTO_OUT)
+
+# One rule makes all four files; grouped target (&:) so make runs it once.
+$(PROTO_OUT) &: $(PROTO_SRC) $(STAMP)
+	mkdir -p wxlogin/v1
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+	    --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
+	touch wxlogin/__init__.py wxlogin/v1/__init__.py $(PROTO_OUT)
+
+run: proto
+	$(PY) -m service.devstack
+
+service: proto
+	$(PY) -m service
+
+emulator: proto
+	$(PY) -m emulator
+
+edge: proto
+	$(PY) -m clients.edge
+
+test: proto
+	$(PY) -m pytest
+	node --test clients/miniprogram/
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: proto
+	$(PY) -m mypy
+
+check: lint typecheck test
+
+demo: proto
+	$(PY) -m clients.demo
+
+bench: proto
+	$(PY) -m bench
+
+bench-smoke: proto
+	$(PY) -m bench --smoke
+
+clean:
+	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache

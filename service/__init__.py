@@ -1,0 +1,1 @@
+"""wxlogin service: WeChat mini-program login over gRPC (see README.md)."""

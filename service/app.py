@@ -1,0 +1,149 @@
+"""Builds the service from Settings in one place, and closes it in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.auth import Authenticator
+from service.cache import SessionCache
+from service.crypto import SessionKeyCipher
+from service.embedded_mongo import EmbeddedMongo
+from service.errors import StoreUnavailable
+from service.servicer import AuthServicer
+from service.settings import Settings
+from service.store import Store, connect
+from service.wechat import WeChatClient
+from wxlogin.v1 import auth_pb2, auth_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+# Requests are small (encryptedData of a phone number is a few hundred bytes).
+_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """A started service: where it listens and what it talks to."""
+
+    server: grpc.aio.Server
+    port: int
+    mongodb_uri: str
+    health: health.aio.HealthServicer
+    auth: Authenticator
+
+
+@asynccontextmanager
+async def running_service(
+    settings: Settings,
+    *,
+    shutdown_grace: float = 10.0,
+    health_interval: float = 2.0,
+) -> AsyncIterator[RunningService]:
+    """Start everything the service needs; on exit drain RPCs, then close clients."""
+    async with AsyncExitStack() as stack:
+        uri = settings.mongodb_uri
+        if uri is None:
+            mongo = EmbeddedMongo(settings.data_dir)
+            log.warning(
+                "WXLOGIN_MONGODB_URI is unset: starting the embedded mongod (data in %s)",
+                settings.data_dir,
+            )
+            uri = await mongo.start()
+            stack.push_async_callback(mongo.stop)
+
+        mongo_client = connect(uri)
+        stack.callback(mongo_client.close)
+        store = Store(mongo_client[settings.database], SessionKeyCipher(settings.secret_key))
+        await store.ensure_indexes()
+
+        http = aiohttp.ClientSession(
+            # A pooled, keep-alive connection per host; WeChat is one host.
+            connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+            headers={"User-Agent": "wxlogin/0.1"},
+        )
+        stack.push_async_callback(http.close)
+        wechat = WeChatClient(
+            http,
+            settings.wechat_api_base,
+            settings.apps,
+            attempts=settings.wechat_attempts,
+            connect_timeout=settings.wechat_connect_timeout,
+            total_timeout=settings.wechat_total_timeout,
+        )
+        auth = Authenticator(
+            store,
+            wechat,
+            settings.apps,
+            session_ttl=settings.session_ttl,
+            watermark_max_age=settings.watermark_max_age,
+            cache=SessionCache(settings.session_cache_seconds),
+        )
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                # Several service processes may share one port (scale-out on one host).
+                ("grpc.so_reuseport", 1),
+            ]
+        )
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        port = server.add_insecure_port(settings.grpc_listen)
+        if port == 0:
+            raise OSError(f"WXLOGIN_GRPC_LISTEN: cannot listen on {settings.grpc_listen}")
+        await server.start()
+
+        watcher = asyncio.create_task(_watch_store(store, health_servicer, health_interval))
+
+        async def drain() -> None:
+            # Tell load balancers first, then let in-flight RPCs finish within
+            # the grace period; only then may the clients below be closed.
+            await health_servicer.enter_graceful_shutdown()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await server.stop(shutdown_grace)
+
+        stack.push_async_callback(drain)
+        log.info("wxlogin serving on port %d (apps: %s)", port, ", ".join(sorted(settings.apps)))
+        yield RunningService(server, port, uri, health_servicer, auth)
+
+
+async def _watch_store(
+    store: Store, health_servicer: health.aio.HealthServicer, interval: float
+) -> None:
+    """Report SERVING only while MongoDB answers."""
+    serving: bool | None = None
+    while True:
+        try:
+            await asyncio.wait_for(store.ping(), timeout=max(interval, 1.0))
+            ok = True
+        except (StoreUnavailable, TimeoutError, Exception):
+            ok = False
+        if ok != serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, status)
+            if serving is not None:
+                log.warning("MongoDB %s", "answers again" if ok else "does not answer")
+            serving = ok
+        await asyncio.sleep(interval)

@@ -1,0 +1,62 @@
+"""A small in-process cache of sessions for CheckSession, the hot path.
+
+Backends call CheckSession on every request they serve; most of those ask about
+the same few tokens again and again. An entry is served for at most `max_age`
+seconds after it was read from MongoDB, and never once its `expires_at` has
+passed. The price: a session revoked through *another* process stays valid here
+for up to `max_age` seconds (a revoke through this process drops it at once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+
+from service.store import SessionRecord
+
+
+class SessionCache:
+    """Bounded LRU of token-hash -> SessionRecord with a freshness limit."""
+
+    def __init__(
+        self,
+        max_age: float,
+        max_entries: int = 50_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_age = max_age
+        self._max_entries = max_entries
+        self._monotonic = monotonic
+        self._entries: OrderedDict[str, tuple[float, SessionRecord]] = OrderedDict()
+
+    def get(self, session_id: str, now: datetime) -> SessionRecord | None:
+        """A cached session that is still fresh and not expired, else None."""
+        if self._max_age <= 0:
+            return None
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        stored_at, record = entry
+        if self._monotonic() - stored_at > self._max_age or now >= record.expires_at:
+            del self._entries[session_id]
+            return None
+        self._entries.move_to_end(session_id)
+        return record
+
+    def put(self, record: SessionRecord) -> None:
+        """Remember a session just read from (or written to) MongoDB."""
+        if self._max_age <= 0:
+            return
+        self._entries[record.session_id] = (self._monotonic(), record)
+        self._entries.move_to_end(record.session_id)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def drop(self, session_id: str) -> None:
+        """Forget a session (revoked here)."""
+        self._entries.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

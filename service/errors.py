@@ -1,0 +1,181 @@
+"""The error tree and the one table that turns it into gRPC status + ErrorInfo.
+
+    WxLoginError                    (reason, gRPC code: see REASON_CODES)
+    ├── BadRequest                  BAD_REQUEST          INVALID_ARGUMENT
+    ├── AppUnknown                  APP_UNKNOWN          INVALID_ARGUMENT
+    ├── CodeInvalid                 CODE_INVALID         UNAUTHENTICATED
+    ├── CodeUsed                    CODE_USED            UNAUTHENTICATED
+    ├── RateLimited                 RATE_LIMITED         RESOURCE_EXHAUSTED
+    ├── UserBlocked                 USER_BLOCKED         PERMISSION_DENIED
+    ├── WeChatUnavailable           WECHAT_UNAVAILABLE   UNAVAILABLE
+    ├── WeChatError                 WECHAT_ERROR         UNAVAILABLE  (errcode in metadata)
+    ├── SessionInvalid              SESSION_INVALID      UNAUTHENTICATED
+    ├── SessionExpired              SESSION_EXPIRED      UNAUTHENTICATED
+    ├── DecryptFailed               DECRYPT_FAILED       INVALID_ARGUMENT
+    ├── WatermarkMismatch           WATERMARK_MISMATCH   PERMISSION_DENIED
+    ├── WatermarkExpired            WATERMARK_EXPIRED    INVALID_ARGUMENT
+    ├── SignatureMismatch           SIGNATURE_MISMATCH   INVALID_ARGUMENT
+    ├── StoreUnavailable            STORE_UNAVAILABLE    UNAVAILABLE
+    └── InternalError               INTERNAL             INTERNAL
+
+Messages are written for the caller: they never carry secrets, tokens, stack
+traces or MongoDB's own error text. Anything not in the tree becomes INTERNAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "wxlogin"
+
+
+class WxLoginError(Exception):
+    """Base of every failure a caller can see; `reason` selects the gRPC code."""
+
+    reason = "INTERNAL"
+    default_message = "internal error"
+
+    def __init__(self, message: str | None = None, **metadata: str) -> None:
+        self.message = message or self.default_message
+        self.metadata: dict[str, str] = metadata
+        super().__init__(self.message)
+
+
+class BadRequest(WxLoginError):
+    reason = "BAD_REQUEST"
+    default_message = "malformed request"
+
+
+class AppUnknown(WxLoginError):
+    reason = "APP_UNKNOWN"
+    default_message = "app_id is not configured"
+
+
+class CodeInvalid(WxLoginError):
+    reason = "CODE_INVALID"
+    default_message = "the login code is invalid or expired; call wx.login() again"
+
+
+class CodeUsed(WxLoginError):
+    reason = "CODE_USED"
+    default_message = "the login code was already used; call wx.login() again"
+
+
+class RateLimited(WxLoginError):
+    reason = "RATE_LIMITED"
+    default_message = "WeChat rate limit reached; retry later"
+
+
+class UserBlocked(WxLoginError):
+    reason = "USER_BLOCKED"
+    default_message = "WeChat blocked this user as high-risk"
+
+
+class WeChatUnavailable(WxLoginError):
+    reason = "WECHAT_UNAVAILABLE"
+    default_message = "WeChat is unavailable; retry later"
+
+
+class WeChatError(WxLoginError):
+    reason = "WECHAT_ERROR"
+    default_message = "WeChat returned an error"
+
+
+class SessionInvalid(WxLoginError):
+    reason = "SESSION_INVALID"
+    default_message = "token is unknown, revoked or malformed; log in again"
+
+
+class SessionExpired(WxLoginError):
+    reason = "SESSION_EXPIRED"
+    default_message = "session expired; log in again"
+
+
+class DecryptFailed(WxLoginError):
+    reason = "DECRYPT_FAILED"
+    default_message = (
+        "could not decrypt encrypted_data with this session's key "
+        "(if wx.login() ran again since this login, log in again)"
+    )
+
+
+class WatermarkMismatch(WxLoginError):
+    reason = "WATERMARK_MISMATCH"
+    default_message = "the data is watermarked for another app"
+
+
+class WatermarkExpired(WxLoginError):
+    reason = "WATERMARK_EXPIRED"
+    default_message = "the data's watermark is too old (WXLOGIN_WATERMARK_MAX_AGE)"
+
+
+class SignatureMismatch(WxLoginError):
+    reason = "SIGNATURE_MISMATCH"
+    default_message = "signature does not match raw_data"
+
+
+class StoreUnavailable(WxLoginError):
+    reason = "STORE_UNAVAILABLE"
+    default_message = "session store is unavailable; retry later"
+
+
+class InternalError(WxLoginError):
+    reason = "INTERNAL"
+    default_message = "internal error"
+
+
+# The one table from reason to wire status. Clients branch on the reason.
+REASON_CODES: Mapping[str, grpc.StatusCode] = {
+    "BAD_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
+    "APP_UNKNOWN": grpc.StatusCode.INVALID_ARGUMENT,
+    "CODE_INVALID": grpc.StatusCode.UNAUTHENTICATED,
+    "CODE_USED": grpc.StatusCode.UNAUTHENTICATED,
+    "RATE_LIMITED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "USER_BLOCKED": grpc.StatusCode.PERMISSION_DENIED,
+    "WECHAT_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "WECHAT_ERROR": grpc.StatusCode.UNAVAILABLE,
+    "SESSION_INVALID": grpc.StatusCode.UNAUTHENTICATED,
+    "SESSION_EXPIRED": grpc.StatusCode.UNAUTHENTICATED,
+    "DECRYPT_FAILED": grpc.StatusCode.INVALID_ARGUMENT,
+    "WATERMARK_MISMATCH": grpc.StatusCode.PERMISSION_DENIED,
+    "WATERMARK_EXPIRED": grpc.StatusCode.INVALID_ARGUMENT,
+    "SIGNATURE_MISMATCH": grpc.StatusCode.INVALID_ARGUMENT,
+    "STORE_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "INTERNAL": grpc.StatusCode.INTERNAL,
+}
+
+# WeChat errcodes with a meaning of their own; every other errcode is WECHAT_ERROR.
+WECHAT_ERRCODES: Mapping[int, type[WxLoginError]] = {
+    40029: CodeInvalid,
+    40163: CodeUsed,
+    45011: RateLimited,
+    40226: UserBlocked,
+    -1: WeChatUnavailable,  # "system busy": retried first, see service/wechat.py
+}
+
+
+def from_wechat_errcode(errcode: int) -> WxLoginError:
+    """The error for a WeChat errcode; errcode always travels in the metadata."""
+    error_type = WECHAT_ERRCODES.get(errcode, WeChatError)
+    message = None
+    if error_type is WeChatError:
+        # e.g. 40013 invalid appid, 40125 invalid secret: an operator problem.
+        message = f"WeChat returned errcode {errcode}"
+    return error_type(message, errcode=str(errcode))
+
+
+def to_grpc_status(error: WxLoginError) -> grpc.Status:
+    """Turn an error into a gRPC status with a google.rpc.ErrorInfo detail."""
+    code = REASON_CODES.get(error.reason, grpc.StatusCode.INTERNAL)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=error.message, details=[detail]
+    )
+    return rpc_status.to_status(status)  # type: ignore[no-any-return]

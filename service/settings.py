@@ -1,0 +1,139 @@
+"""The one place configuration is read: WXLOGIN_* environment variables into a frozen Settings."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_GRPC_LISTEN = "127.0.0.1:50051"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
+DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
+DEFAULT_SESSION_TTL = 7 * 24 * 3600
+# One day: long enough for a client that retries or queues the call, short enough
+# that a captured encryptedData blob is not replayable forever.
+DEFAULT_WATERMARK_MAX_AGE = 24 * 3600
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to know, read once at start-up and passed down."""
+
+    apps: Mapping[str, str]  # appid -> secret
+    secret_key: bytes = field(repr=False)  # 32 bytes, encrypts session_keys at rest
+    grpc_listen: str = DEFAULT_GRPC_LISTEN
+    mongodb_uri: str | None = None  # None: start the embedded mongod
+    data_dir: Path = Path(".data")
+    wechat_api_base: str = DEFAULT_WECHAT_API_BASE
+    session_ttl: int = DEFAULT_SESSION_TTL
+    watermark_max_age: int = DEFAULT_WATERMARK_MAX_AGE
+    database: str = "wxlogin"
+    # WeChat timeouts and retry budget; not environment knobs, tests shrink them.
+    wechat_connect_timeout: float = 2.0
+    wechat_total_timeout: float = 5.0
+    wechat_attempts: int = 3
+    # How long CheckSession may answer from memory; see service/cache.py.
+    session_cache_seconds: float = 5.0
+
+    def __repr__(self) -> str:
+        # Secrets never reach a log line, even by printing the settings.
+        return (
+            f"Settings(apps={sorted(self.apps)}, grpc_listen={self.grpc_listen!r}, "
+            f"mongodb={'embedded' if self.mongodb_uri is None else 'external'}, "
+            f"wechat_api_base={self.wechat_api_base!r}, session_ttl={self.session_ttl})"
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read and validate the WXLOGIN_* variables; raise ConfigError on the first bad one."""
+        apps_raw = env.get("WXLOGIN_APPS", "")
+        if not apps_raw.strip():
+            raise ConfigError("WXLOGIN_APPS", "required: appid:secret[,appid:secret...]")
+        key_raw = env.get("WXLOGIN_SECRET_KEY", "")
+        if not key_raw:
+            raise ConfigError(
+                "WXLOGIN_SECRET_KEY",
+                "required: base64 of 32 random bytes "
+                '(python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())")',
+            )
+        return cls(
+            apps=parse_apps(apps_raw),
+            secret_key=parse_secret_key(key_raw),
+            grpc_listen=parse_listen("WXLOGIN_GRPC_LISTEN", env, DEFAULT_GRPC_LISTEN),
+            mongodb_uri=env.get("WXLOGIN_MONGODB_URI") or None,
+            data_dir=Path(env.get("WXLOGIN_DATA_DIR") or ".data"),
+            wechat_api_base=parse_url(
+                "WXLOGIN_WECHAT_API_BASE", env.get("WXLOGIN_WECHAT_API_BASE")
+            ),
+            session_ttl=parse_seconds("WXLOGIN_SESSION_TTL", env, DEFAULT_SESSION_TTL, minimum=1),
+            watermark_max_age=parse_seconds(
+                "WXLOGIN_WATERMARK_MAX_AGE", env, DEFAULT_WATERMARK_MAX_AGE, minimum=0
+            ),
+        )
+
+
+def parse_apps(raw: str, variable: str = "WXLOGIN_APPS") -> dict[str, str]:
+    """Parse `appid:secret[,appid:secret...]`; appids must be unique."""
+    apps: dict[str, str] = {}
+    for item in raw.split(","):
+        appid, sep, secret = item.strip().partition(":")
+        if not sep or not appid.strip() or not secret.strip():
+            # Never echo the item: it holds a secret.
+            raise ConfigError(variable, f"entry {len(apps) + 1} is not appid:secret")
+        appid = appid.strip()
+        if appid in apps:
+            raise ConfigError(variable, f"appid {appid} appears twice")
+        apps[appid] = secret.strip()
+    return apps
+
+
+def parse_secret_key(raw: str) -> bytes:
+    """Decode WXLOGIN_SECRET_KEY, which must be base64 of exactly 32 bytes."""
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("WXLOGIN_SECRET_KEY", "not valid base64") from None
+    if len(key) != 32:
+        raise ConfigError("WXLOGIN_SECRET_KEY", f"must decode to 32 bytes, got {len(key)}")
+    return key
+
+
+def parse_listen(variable: str, env: Mapping[str, str], default: str) -> str:
+    """Validate a HOST:PORT listen address (port 0 picks a free port)."""
+    value = env.get(variable) or default
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(variable, f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def parse_url(variable: str, value: str | None) -> str:
+    """Validate an http(s) base URL and drop a trailing slash."""
+    url = (value or DEFAULT_WECHAT_API_BASE).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(variable, f"expected an http(s) URL, got {url!r}")
+    return url
+
+
+def parse_seconds(variable: str, env: Mapping[str, str], default: int, *, minimum: int) -> int:
+    """Parse a whole number of seconds, at least `minimum`."""
+    raw = env.get(variable)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(variable, f"expected whole seconds, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(variable, f"must be >= {minimum}, got {value}")
+    return value
