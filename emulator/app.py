@@ -1,0 +1,299 @@
+"""The emulator's aiohttp application: WeChat's jscode2session plus the ``/_dev`` control API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable, Collection, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from emulator.state import (
+    EmulatorState,
+    Fault,
+    NeverLoggedInError,
+    UnknownAppError,
+    WeChatError,
+)
+
+STATE = web.AppKey("state", EmulatorState)
+
+
+def init_app(
+    apps: Mapping[str, str], code_ttl: float = 300.0, clock: Callable[[], float] = time.time
+) -> web.Application:
+    """Build the emulator for ``apps`` (appid -> secret); ``clock`` is injectable for tests."""
+    app = web.Application(middlewares=[_dev_errors])
+    app[STATE] = EmulatorState(apps, code_ttl=code_ttl, clock=clock)
+    # No HEAD: it would count as a request and could burn a code.
+    app.router.add_get("/sns/jscode2session", jscode2session, allow_head=False)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/_dev/users", dev_users)
+    app.router.add_post("/_dev/login", dev_login)
+    app.router.add_post("/_dev/user-data", dev_user_data)
+    app.router.add_get("/_dev/faults", dev_list_faults)
+    app.router.add_post("/_dev/faults", dev_add_fault)
+    app.router.add_delete("/_dev/faults", dev_clear_faults)
+    app.router.add_get("/_dev/stats", dev_stats)
+    app.router.add_post("/_dev/stats/reset", dev_reset_stats)
+    return app
+
+
+# -- WeChat's API -----------------------------------------------------------------------------
+
+
+def _wechat_response(body: Mapping[str, Any], status: int = 200) -> web.Response:
+    # The real API labels its JSON text/plain; clients must not rely on application/json.
+    return web.Response(
+        status=status, text=json.dumps(body, ensure_ascii=False), content_type="text/plain"
+    )
+
+
+def _exchange(state: EmulatorState, request: web.Request) -> web.Response:
+    query = request.query
+    try:
+        session = state.exchange(
+            appid=query.get("appid", ""),
+            secret=query.get("secret", ""),
+            js_code=query.get("js_code", ""),
+            grant_type=query.get("grant_type", ""),
+        )
+    except WeChatError as exc:
+        return _wechat_response({"errcode": exc.errcode, "errmsg": exc.errmsg})
+    body = {"openid": session.openid, "session_key": session.session_key}
+    if session.unionid is not None:
+        body["unionid"] = session.unionid
+    return _wechat_response(body)
+
+
+def _faulted(state: EmulatorState, request: web.Request, fault: Fault) -> web.Response | None:
+    """The answer ``fault`` calls for; None means drop the connection."""
+    if fault.drop:
+        return None
+    if fault.http_status is not None:
+        if fault.errcode is not None:
+            return _wechat_response(
+                {"errcode": fault.errcode, "errmsg": "forced"}, status=fault.http_status
+            )
+        # What a gateway in front of WeChat would say; clients must not parse it.
+        try:
+            phrase = HTTPStatus(fault.http_status).phrase
+        except ValueError:  # a status with no registered name, e.g. 599
+            phrase = "Error"
+        title = f"{fault.http_status} {phrase}"
+        return web.Response(
+            status=fault.http_status,
+            text=f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>",
+            content_type="text/html",
+        )
+    if fault.errcode is not None:
+        # Answered without looking at the code, so the code stays usable.
+        return _wechat_response({"errcode": fault.errcode, "errmsg": "forced"})
+    return _exchange(state, request)
+
+
+async def jscode2session(request: web.Request) -> web.StreamResponse:
+    """``GET /sns/jscode2session``: exchange a login code, subject to queued faults."""
+    state = request.app[STATE]
+    fault = state.begin_jscode2session()
+    if fault is None:
+        return _exchange(state, request)
+    # Decide first, then wait: like WeChat, a slow answer may already have burnt the code, which
+    # is exactly what a client that timed out and retries runs into.
+    response = _faulted(state, request, fault)
+    if fault.latency_ms:
+        await asyncio.sleep(fault.latency_ms / 1000)
+    if response is None:
+        transport = request.transport
+        if transport is not None:
+            transport.close()
+        # aiohttp then fails to write this to the closed transport and treats that as a client
+        # that went away: no traceback, nothing sent, the connection is simply gone.
+        return web.Response(status=HTTPStatus.NO_CONTENT)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: liveness."""
+    return web.json_response({"status": "ok"})
+
+
+# -- the /_dev control API --------------------------------------------------------------------
+
+
+class _BadInput(Exception):
+    """A /_dev request body that does not say what it should."""
+
+
+@web.middleware
+async def _dev_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn the dev API's domain errors into JSON error answers, in one place."""
+    try:
+        return await handler(request)
+    except _BadInput as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    except UnknownAppError as exc:
+        return web.json_response({"error": f"unknown appid {exc}"}, status=404)
+    except NeverLoggedInError:
+        return web.json_response({"error": "user has never logged in"}, status=409)
+
+
+async def _body(request: web.Request, allowed: Collection[str]) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _BadInput("body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _BadInput("body must be a JSON object")
+    # A typo such as "latency" would otherwise silently do nothing.
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise _BadInput(f"unknown field(s): {', '.join(unknown)}")
+    return body
+
+
+def _str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _BadInput(f"{key} must be a non-empty string")
+    return value
+
+
+def _required_str(body: Mapping[str, Any], key: str) -> str:
+    value = _str(body, key)
+    if value is None:
+        raise _BadInput(f"{key} is required")
+    return value
+
+
+def _int(
+    body: Mapping[str, Any], key: str, low: int | None = None, high: int | None = None
+) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python but never a meaningful number here.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _BadInput(f"{key} must be an integer")
+    if low is not None and value < low:
+        raise _BadInput(f"{key} must be >= {low}")
+    if high is not None and value > high:
+        raise _BadInput(f"{key} must be <= {high}")
+    return value
+
+
+def _bool(body: Mapping[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _BadInput(f"{key} must be a boolean")
+    return value
+
+
+async def dev_users(request: web.Request) -> web.Response:
+    """``POST /_dev/users``: set up or overwrite a test user."""
+    body = await _body(request, {"appid", "user", "unionid", "blocked"})
+    unionid = body.get("unionid")
+    if not (unionid is None or isinstance(unionid, bool) or (isinstance(unionid, str) and unionid)):
+        raise _BadInput("unionid must be a non-empty string, true or false")
+    user = request.app[STATE].set_user(
+        _required_str(body, "appid"),
+        _required_str(body, "user"),
+        unionid=unionid,
+        blocked=_bool(body, "blocked"),
+    )
+    answer = {"openid": user.openid}
+    if user.unionid is not None:
+        answer["unionid"] = user.unionid
+    return web.json_response(answer)
+
+
+async def dev_login(request: web.Request) -> web.Response:
+    """``POST /_dev/login``: play ``wx.login()`` for a user and return the fresh code."""
+    body = await _body(request, {"appid", "user", "ttl"})
+    ttl = body.get("ttl")
+    # json.loads accepts NaN and Infinity, which would make a code that never expires.
+    valid = isinstance(ttl, int | float) and not isinstance(ttl, bool) and math.isfinite(ttl)
+    if ttl is not None and not (valid and ttl >= 0):
+        raise _BadInput("ttl must be a number of seconds >= 0")
+    code, user = request.app[STATE].login(
+        _required_str(body, "appid"), _required_str(body, "user"), ttl=ttl
+    )
+    return web.json_response({"code": code, "openid": user.openid})
+
+
+async def dev_user_data(request: web.Request) -> web.Response:
+    """``POST /_dev/user-data``: encrypted user data under the user's current session_key."""
+    body = await _body(request, {"appid", "user", "data", "watermark_appid", "watermark_timestamp"})
+    data = body.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise _BadInput("data must be a JSON object")
+    bundle = request.app[STATE].user_data(
+        _required_str(body, "appid"),
+        _required_str(body, "user"),
+        data=data,
+        watermark_appid=_str(body, "watermark_appid"),
+        watermark_timestamp=_int(body, "watermark_timestamp", low=0),
+    )
+    return web.json_response(
+        {
+            "encryptedData": bundle.encrypted_data,
+            "iv": bundle.iv,
+            "rawData": bundle.raw_data,
+            "signature": bundle.signature,
+        }
+    )
+
+
+def _faults_answer(state: EmulatorState) -> web.Response:
+    return web.json_response({"faults": [fault.as_json() for fault in state.faults()]})
+
+
+async def dev_list_faults(request: web.Request) -> web.Response:
+    """``GET /_dev/faults``: the queued faults, head first."""
+    return _faults_answer(request.app[STATE])
+
+
+async def dev_add_fault(request: web.Request) -> web.Response:
+    """``POST /_dev/faults``: queue a fault for the next jscode2session requests."""
+    body = await _body(request, {"latency_ms", "errcode", "http_status", "drop", "times"})
+    fault = Fault(
+        latency_ms=_int(body, "latency_ms", low=0) or 0,
+        errcode=_int(body, "errcode"),
+        # 1xx is not a final answer and aiohttp cannot send it as one.
+        http_status=_int(body, "http_status", low=200, high=599),
+        drop=_bool(body, "drop"),
+        times=_int(body, "times", low=1),
+    )
+    state = request.app[STATE]
+    state.add_fault(fault)
+    return _faults_answer(state)
+
+
+async def dev_clear_faults(request: web.Request) -> web.Response:
+    """``DELETE /_dev/faults``: forget every queued fault."""
+    state = request.app[STATE]
+    state.clear_faults()
+    return _faults_answer(state)
+
+
+async def dev_stats(request: web.Request) -> web.Response:
+    """``GET /_dev/stats``: how many jscode2session requests arrived, faulted ones included."""
+    return web.json_response(
+        {"jscode2session_requests": request.app[STATE].jscode2session_requests}
+    )
+
+
+async def dev_reset_stats(request: web.Request) -> web.Response:
+    """``POST /_dev/stats/reset``: zero the counters."""
+    state = request.app[STATE]
+    state.reset_stats()
+    return web.json_response({"jscode2session_requests": state.jscode2session_requests})

@@ -1,0 +1,293 @@
+"""The emulator's in-memory model of WeChat: apps, users, login codes, session keys and faults."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import json
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from emulator import crypto
+
+Clock = Callable[[], float]
+
+# WeChat's own messages for the errcodes it answers jscode2session with.
+ERRMSG: dict[int, str] = {
+    40002: "invalid grant_type",
+    40013: "invalid appid",
+    40029: "invalid code",
+    40125: "invalid appsecret",
+    40163: "code been used",
+    40226: "high risk user",
+    41002: "appid missing",
+    41004: "appsecret missing",
+    41008: "missing code",
+}
+
+
+class WeChatError(Exception):
+    """A jscode2session failure, answered as ``{"errcode", "errmsg"}``."""
+
+    def __init__(self, errcode: int, errmsg: str | None = None) -> None:
+        self.errcode = errcode
+        self.errmsg = errmsg if errmsg is not None else ERRMSG.get(errcode, "error")
+        super().__init__(f"{self.errcode} {self.errmsg}")
+
+
+class UnknownAppError(Exception):
+    """A dev endpoint named an appid the emulator was not started with."""
+
+
+class NeverLoggedInError(Exception):
+    """user-data was asked for a user that has no session_key yet."""
+
+
+@dataclass
+class User:
+    """A test user of one app; ``session_key`` is the latest one minted by a login."""
+
+    name: str
+    openid: str
+    unionid: str | None = None
+    blocked: bool = False
+    session_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a successful jscode2session exchange returns."""
+
+    openid: str
+    session_key: str
+    unionid: str | None
+
+
+@dataclass
+class _Code:
+    appid: str
+    user: str
+    session_key: str
+    expires_at: float
+    used: bool = False
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A misbehaviour for the next ``times`` jscode2session requests (None: until cleared)."""
+
+    latency_ms: int = 0
+    errcode: int | None = None
+    http_status: int | None = None
+    drop: bool = False
+    times: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The fault as the dev API shows it."""
+        return {
+            "latency_ms": self.latency_ms,
+            "errcode": self.errcode,
+            "http_status": self.http_status,
+            "drop": self.drop,
+            "times": self.times,
+        }
+
+
+@dataclass(frozen=True)
+class UserData:
+    """An encrypted user-data bundle as ``wx.getUserInfo`` hands it to the mini-program."""
+
+    encrypted_data: str
+    iv: str
+    raw_data: str
+    signature: str
+
+
+def _derive_id(*parts: str) -> str:
+    # 28 chars like WeChat's ids: "o" + 27 chars of base64url(sha256); the NUL separator keeps
+    # ("ab", "c") and ("a", "bc") apart.
+    digest = hashlib.sha256("\0".join(parts).encode("utf-8")).digest()
+    return "o" + base64.urlsafe_b64encode(digest).decode("ascii")[:27]
+
+
+def openid_for(appid: str, user: str) -> str:
+    """The openid WeChat would give ``user`` in ``appid``: stable, and different per app."""
+    return _derive_id("openid", appid, user)
+
+
+def unionid_for(user: str) -> str:
+    """The derived unionid of ``user``: the same in every app, like WeChat's."""
+    return _derive_id("unionid", user)
+
+
+class EmulatorState:
+    """Everything the emulator remembers; all methods are synchronous, so each is atomic on
+    the event loop."""
+
+    def __init__(
+        self, apps: Mapping[str, str], code_ttl: float = 300.0, clock: Clock = time.time
+    ) -> None:
+        self._apps = dict(apps)
+        self._code_ttl = code_ttl
+        self._clock = clock
+        self._users: dict[tuple[str, str], User] = {}
+        self._codes: dict[str, _Code] = {}
+        # Expiry heap so that a benchmark minting millions of codes does not grow memory forever.
+        self._expiry: list[tuple[float, str]] = []
+        self._faults: deque[Fault] = deque()
+        self.jscode2session_requests = 0
+
+    # -- users and logins (the dev API) ---------------------------------------------------
+
+    def _check_app(self, appid: str) -> None:
+        if appid not in self._apps:
+            raise UnknownAppError(appid)
+
+    def set_user(
+        self, appid: str, name: str, unionid: str | bool | None = None, blocked: bool = False
+    ) -> User:
+        """Create or overwrite a test user; a session_key already minted for it is kept."""
+        self._check_app(appid)
+        if unionid is True:
+            resolved: str | None = unionid_for(name)
+        elif isinstance(unionid, str):
+            resolved = unionid
+        else:
+            resolved = None
+        user = self._users.get((appid, name))
+        if user is None:
+            user = User(name=name, openid=openid_for(appid, name))
+            self._users[(appid, name)] = user
+        user.unionid = resolved
+        user.blocked = blocked
+        return user
+
+    def login(self, appid: str, name: str, ttl: float | None = None) -> tuple[str, User]:
+        """Play ``wx.login()``: mint a single-use code and rotate the user's session_key."""
+        self._check_app(appid)
+        self._purge()
+        user = self._users.get((appid, name))
+        if user is None:
+            user = self.set_user(appid, name)
+        user.session_key = base64.b64encode(secrets.token_bytes(16)).decode("ascii")
+        code = secrets.token_urlsafe(24)
+        expires_at = self._clock() + (self._code_ttl if ttl is None else ttl)
+        self._codes[code] = _Code(appid, name, user.session_key, expires_at)
+        heapq.heappush(self._expiry, (expires_at, code))
+        return code, user
+
+    def user_data(
+        self,
+        appid: str,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        watermark_appid: str | None = None,
+        watermark_timestamp: int | None = None,
+    ) -> UserData:
+        """Encrypt ``data`` (default: a userInfo object) under the user's current session_key."""
+        self._check_app(appid)
+        user = self._users.get((appid, name))
+        if user is None or user.session_key is None:
+            raise NeverLoggedInError(name)
+        if data is None:
+            data = _default_user_info(user)
+        # rawData is what WeChat signs: the payload without the watermark, compact, UTF-8.
+        raw = {k: v for k, v in data.items() if k != "watermark"}
+        raw_data = json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
+        watermark = {
+            "appid": watermark_appid if watermark_appid is not None else appid,
+            "timestamp": (
+                watermark_timestamp if watermark_timestamp is not None else int(self._clock())
+            ),
+        }
+        plaintext = json.dumps({**raw, "watermark": watermark}, ensure_ascii=False)
+        encrypted, iv = crypto.encrypt(user.session_key, plaintext.encode("utf-8"))
+        return UserData(encrypted, iv, raw_data, crypto.sign(raw_data, user.session_key))
+
+    # -- jscode2session -------------------------------------------------------------------
+
+    def exchange(self, appid: str, secret: str, js_code: str, grant_type: str) -> Session:
+        """Answer jscode2session as WeChat does, or raise WeChatError with its errcode."""
+        if not appid:
+            raise WeChatError(41002)
+        if not secret:
+            raise WeChatError(41004)
+        if not js_code:
+            raise WeChatError(41008)
+        if grant_type != "authorization_code":
+            raise WeChatError(40002)
+        expected = self._apps.get(appid)
+        if expected is None:
+            raise WeChatError(40013)
+        if not secrets.compare_digest(expected.encode("utf-8"), secret.encode("utf-8")):
+            raise WeChatError(40125)
+        self._purge()
+        code = self._codes.get(js_code)
+        # Expired codes may not be purged yet when a fake clock jumped; same answer either way.
+        if code is None or code.appid != appid or self._clock() >= code.expires_at:
+            raise WeChatError(40029)
+        if code.used:
+            raise WeChatError(40163)
+        # Like WeChat, an exchange burns the code even when it is then refused.
+        code.used = True
+        user = self._users[(appid, code.user)]
+        if user.blocked:
+            raise WeChatError(40226)
+        return Session(user.openid, code.session_key, user.unionid)
+
+    def _purge(self) -> None:
+        now = self._clock()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, code = heapq.heappop(self._expiry)
+            self._codes.pop(code, None)
+
+    # -- faults and stats -----------------------------------------------------------------
+
+    def add_fault(self, fault: Fault) -> None:
+        """Queue ``fault`` behind those already queued."""
+        self._faults.append(fault)
+
+    def clear_faults(self) -> None:
+        """Forget every queued fault."""
+        self._faults.clear()
+
+    def faults(self) -> list[Fault]:
+        """The queued faults, head first, with their remaining ``times``."""
+        return list(self._faults)
+
+    def begin_jscode2session(self) -> Fault | None:
+        """Count one jscode2session request and take the fault, if any, that applies to it."""
+        self.jscode2session_requests += 1
+        if not self._faults:
+            return None
+        fault = self._faults[0]
+        if fault.times is not None:
+            if fault.times <= 1:
+                self._faults.popleft()
+            else:
+                self._faults[0] = replace(fault, times=fault.times - 1)
+        return fault
+
+    def reset_stats(self) -> None:
+        """Zero the request counter."""
+        self.jscode2session_requests = 0
+
+
+def _default_user_info(user: User) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "openId": user.openid,
+        "nickName": user.name,
+        "gender": 0,
+        "city": "Guangzhou",
+        "province": "Guangdong",
+        "country": "China",
+        "avatarUrl": "https://thirdwx.qlogo.cn/mmopen/vi_32/emulator/132",
+    }
+    if user.unionid is not None:
+        info["unionId"] = user.unionid
+    return info

@@ -1,0 +1,130 @@
+"""Real parts for every test: one mongod, one emulator, a grpc.aio server on port 0."""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import pytest_asyncio
+
+from service.app import RunningService, running_service
+from service.embedded_mongo import EmbeddedMongo
+from service.settings import Settings
+from service.store import connect
+from tests.support import APPS, APPS_ENV, Emulator, child
+from wxlogin.v1 import auth_pb2_grpc
+
+SECRET_KEY = os.urandom(32)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def mongod(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A real mongod from the wheel; the TTL monitor runs every second."""
+    mongo = EmbeddedMongo(tmp_path_factory.mktemp("mongo"), ttl_monitor_seconds=1)
+    uri = await mongo.start()
+    yield uri
+    await mongo.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """One HTTP client for the tests' own calls (dev endpoints, the edge)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest_asyncio.fixture(scope="session")
+async def emulator_url() -> AsyncIterator[str]:
+    """The WeChat emulator, as its own process on a free local port."""
+    async with child("emulator", "--listen", "127.0.0.1:0", "--apps", APPS_ENV) as (_, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest_asyncio.fixture
+async def emu(emulator_url: str, http: aiohttp.ClientSession) -> AsyncIterator[Emulator]:
+    """The emulator's dev endpoints; faults are cleared after each test."""
+    emulator = Emulator(emulator_url, http)
+    await emulator.clear_faults()
+    yield emulator
+    await emulator.clear_faults()
+
+
+@pytest.fixture
+def settings(mongod: str, emulator_url: str) -> Settings:
+    """Settings for one test: its own database, quick WeChat timeouts."""
+    return Settings(
+        apps=dict(APPS),
+        secret_key=SECRET_KEY,
+        grpc_listen="127.0.0.1:0",
+        mongodb_uri=mongod,
+        wechat_api_base=emulator_url,
+        database=f"t_{uuid.uuid4().hex[:12]}",
+        wechat_connect_timeout=1.0,
+        wechat_total_timeout=2.0,
+    )
+
+
+ServiceFactory = Callable[..., AbstractAsyncContextManager[RunningService]]
+
+
+@pytest.fixture
+def start_service(settings: Settings) -> ServiceFactory:
+    """Start a service with the test's settings, some of them overridden."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[RunningService]:
+        async with running_service(
+            replace(settings, **overrides), shutdown_grace=1.0, health_interval=0.2
+        ) as running:
+            yield running
+
+    return start
+
+
+@pytest_asyncio.fixture
+async def service(start_service: ServiceFactory) -> AsyncIterator[RunningService]:
+    """A running service on port 0 with the test's settings."""
+    async with start_service() as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def stub(service: RunningService) -> AsyncIterator[auth_pb2_grpc.AuthServiceStub]:
+    """A real gRPC client for the running service."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        yield auth_pb2_grpc.AuthServiceStub(channel)
+
+
+@pytest_asyncio.fixture
+async def db(settings: Settings) -> AsyncIterator[Any]:
+    """The test's database, read directly to check what is stored."""
+    client = connect(settings.mongodb_uri or "")
+    yield client[settings.database]
+    client.close()
+
+
+def b64_secret_key() -> str:
+    """The tests' WXLOGIN_SECRET_KEY as the environment carries it."""
+    return base64.b64encode(SECRET_KEY).decode()
+
+
+@pytest.fixture
+def service_env(mongod: str, emulator_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for `python -m service` as a child process."""
+    return {
+        "WXLOGIN_APPS": APPS_ENV,
+        "WXLOGIN_SECRET_KEY": b64_secret_key(),
+        "WXLOGIN_GRPC_LISTEN": "127.0.0.1:0",
+        "WXLOGIN_MONGODB_URI": mongod,
+        "WXLOGIN_WECHAT_API_BASE": emulator_url,
+        "WXLOGIN_DATA_DIR": str(tmp_path / "data"),
+    }

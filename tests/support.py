@@ -1,0 +1,119 @@
+"""Test helpers: drive the emulator's dev endpoints and read ErrorInfo from gRPC errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+APP_A = "wxtest0000000000aa"
+APP_B = "wxtest0000000000bb"
+APPS = {APP_A: "secret-a-123", APP_B: "secret-b-456"}
+APPS_ENV = ",".join(f"{appid}:{secret}" for appid, secret in APPS.items())
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What a client branches on."""
+
+    code: grpc.StatusCode
+    reason: str
+    domain: str
+    metadata: Mapping[str, str]
+    message: str
+
+
+def error_info(error: grpc.aio.AioRpcError) -> ErrorInfo:
+    """The status code and ErrorInfo detail of a failed call (fails if there is none)."""
+    metadata = error.trailing_metadata() or ()
+    details = next(value for key, value in metadata if key == "grpc-status-details-bin")
+    status = rpc_status.status_pb2.Status.FromString(details)
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return ErrorInfo(
+                error.code(), info.reason, info.domain, dict(info.metadata), status.message
+            )
+    raise AssertionError("no ErrorInfo in status details")
+
+
+class Emulator:
+    """The WeChat emulator's dev endpoints, over real HTTP."""
+
+    def __init__(self, base_url: str, http: aiohttp.ClientSession) -> None:
+        self.base_url = base_url
+        self._http = http
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        async with self._http.post(self.base_url + path, json=body) as response:
+            payload: dict[str, Any] = await response.json()
+            assert response.status == 200, payload
+            return payload
+
+    async def setup_user(self, appid: str, user: str, **fields: Any) -> dict[str, Any]:
+        return await self._post("/_dev/users", {"appid": appid, "user": user, **fields})
+
+    async def code(self, appid: str, user: str, **fields: Any) -> str:
+        """Play wx.login(): a fresh single-use code for the named user."""
+        return str(
+            (await self._post("/_dev/login", {"appid": appid, "user": user, **fields}))["code"]
+        )
+
+    async def user_data(self, appid: str, user: str, **fields: Any) -> dict[str, Any]:
+        return await self._post("/_dev/user-data", {"appid": appid, "user": user, **fields})
+
+    async def fault(self, **fault: Any) -> None:
+        await self._post("/_dev/faults", fault)
+
+    async def clear_faults(self) -> None:
+        async with self._http.delete(self.base_url + "/_dev/faults") as response:
+            assert response.status == 200
+
+    async def requests_seen(self) -> int:
+        async with self._http.get(self.base_url + "/_dev/stats") as response:
+            return int((await response.json())["jscode2session_requests"])
+
+
+_LISTENING = re.compile(rb"listening on (?:http://)?(?:[\w.\[\]:]*:)?(\d+)")
+
+
+@asynccontextmanager
+async def child(
+    *module_args: str, env: Mapping[str, str] | None = None, ready_timeout: float = 60.0
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """Run `python -m ...` and yield it with the port from its 'listening on' line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        *module_args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), ready_timeout)
+        match = _LISTENING.search(line)
+        if match is None:
+            assert process.stderr is not None
+            err = await asyncio.wait_for(process.stderr.read(), 10)
+            raise AssertionError(f"{module_args} did not start: {line!r} {err[-2000:]!r}")
+        yield process, int(match.group(1))
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()

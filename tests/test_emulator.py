@@ -1,0 +1,476 @@
+"""The WeChat emulator, over real HTTP: jscode2session, the /_dev API, faults and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from emulator import init_app
+
+APP1, SECRET1 = "wxtest00000000001", "secret-one"
+APP2, SECRET2 = "wxtest00000000002", "secret-two"
+APPS = {APP1: SECRET1, APP2: SECRET2}
+SECRETS = {APP1: SECRET1, APP2: SECRET2}
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeClock:
+    """A clock the tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Emulator:
+    """A running emulator plus the client calls the tests make against it."""
+
+    def __init__(self, base: str, http: aiohttp.ClientSession, clock: FakeClock) -> None:
+        self.base = base
+        self.http = http
+        self.clock = clock
+
+    async def dev(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.http.request(method, self.base + path, json=body) as resp:
+            return resp.status, await resp.json()
+
+    async def ok(self, method: str, path: str, body: Any = None) -> Any:
+        status, answer = await self.dev(method, path, body)
+        assert status == 200, answer
+        return answer
+
+    async def login(self, user: str = "alice", appid: str = APP1, **extra: Any) -> str:
+        answer = await self.ok("POST", "/_dev/login", {"appid": appid, "user": user, **extra})
+        code: str = answer["code"]
+        return code
+
+    async def exchange(
+        self,
+        code: str | None,
+        appid: str | None = APP1,
+        secret: str | None = None,
+        grant_type: str | None = "authorization_code",
+    ) -> dict[str, Any]:
+        params = {
+            "appid": appid,
+            "secret": SECRETS.get(appid or "", "") if secret is None else secret,
+            "js_code": code,
+            "grant_type": grant_type,
+        }
+        query = {k: v for k, v in params.items() if v is not None}
+        async with self.http.get(self.base + "/sns/jscode2session", params=query) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/plain"
+            answer: dict[str, Any] = json.loads(await resp.text())
+            return answer
+
+
+@pytest_asyncio.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    """An emulator on a free loopback port with a fake clock, and a client session."""
+    clock = FakeClock()
+    runner = web.AppRunner(init_app(APPS, code_ttl=300.0, clock=clock))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Emulator(f"http://127.0.0.1:{port}", http, clock)
+    finally:
+        # cleanup() waits for in-flight handlers, so no task outlives the test's loop work.
+        await runner.cleanup()
+
+
+def decrypt(session_key: str, encrypted: str, iv: str) -> Any:
+    """Decrypt user data the way a WeChat backend does."""
+    decryptor = Cipher(
+        algorithms.AES(base64.b64decode(session_key)), modes.CBC(base64.b64decode(iv))
+    ).decryptor()
+    padded = decryptor.update(base64.b64decode(encrypted)) + decryptor.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    return json.loads(unpadder.update(padded) + unpadder.finalize())
+
+
+def signature(raw_data: str, session_key: str) -> str:
+    """WeChat's rawData signature, computed independently of the emulator."""
+    return hashlib.sha1((raw_data + session_key).encode(), usedforsecurity=False).hexdigest()
+
+
+# -- jscode2session ---------------------------------------------------------------------------
+
+
+async def test_exchange_without_unionid(emu: Emulator) -> None:
+    """A fresh code exchanges for openid and a 16-byte session_key, and no unionid key."""
+    code = await emu.login()
+    answer = await emu.exchange(code)
+    assert set(answer) == {"openid", "session_key"}
+    assert len(base64.b64decode(answer["session_key"], validate=True)) == 16
+
+
+async def test_exchange_with_unionid(emu: Emulator) -> None:
+    """unionid: true derives one id shared across apps; a string is used as given."""
+    derived = await emu.ok("POST", "/_dev/users", {"appid": APP1, "user": "bob", "unionid": True})
+    other = await emu.ok("POST", "/_dev/users", {"appid": APP2, "user": "bob", "unionid": True})
+    assert derived["unionid"] == other["unionid"]
+    assert len(derived["unionid"]) == 28
+    assert (await emu.exchange(await emu.login("bob")))["unionid"] == derived["unionid"]
+
+    await emu.ok("POST", "/_dev/users", {"appid": APP1, "user": "carol", "unionid": "u-carol"})
+    assert (await emu.exchange(await emu.login("carol")))["unionid"] == "u-carol"
+
+
+async def test_openid_stable_and_per_app(emu: Emulator) -> None:
+    """The same user keeps one 28-char openid per app, and gets another one in another app."""
+    first = await emu.exchange(await emu.login("dave"))
+    again = await emu.exchange(await emu.login("dave"))
+    elsewhere = await emu.exchange(await emu.login("dave", appid=APP2), appid=APP2)
+    assert first["openid"] == again["openid"]
+    assert first["openid"] != elsewhere["openid"]
+    assert len(first["openid"]) == 28
+    assert first["openid"].startswith("o")
+
+
+async def test_session_key_rotates_per_login(emu: Emulator) -> None:
+    """Each login mints a new session_key and each code returns the one minted with it."""
+    old_code = await emu.login()
+    new_code = await emu.login()
+    new = await emu.exchange(new_code)
+    old = await emu.exchange(old_code)
+    assert new["session_key"] != old["session_key"]
+    # user-data follows the latest login, so it decrypts with the newest code's key only.
+    bundle = await emu.ok("POST", "/_dev/user-data", {"appid": APP1, "user": "alice"})
+    assert decrypt(new["session_key"], bundle["encryptedData"], bundle["iv"])["watermark"]
+
+
+async def test_code_reuse_is_40163(emu: Emulator) -> None:
+    """A code exchanges once; the second try is 40163."""
+    code = await emu.login()
+    assert "openid" in await emu.exchange(code)
+    assert await emu.exchange(code) == {"errcode": 40163, "errmsg": "code been used"}
+
+
+async def test_unknown_code_is_40029(emu: Emulator) -> None:
+    """A code the emulator never minted is 40029."""
+    assert await emu.exchange("nosuchcode") == {"errcode": 40029, "errmsg": "invalid code"}
+
+
+async def test_other_apps_code_is_40029(emu: Emulator) -> None:
+    """A code minted for one app is invalid in another and stays usable in its own."""
+    code = await emu.login(appid=APP1)
+    assert (await emu.exchange(code, appid=APP2))["errcode"] == 40029
+    assert "openid" in await emu.exchange(code, appid=APP1)
+
+
+async def test_code_expires_after_ttl(emu: Emulator) -> None:
+    """A code is good until its TTL (default or per-code) runs out, then it is 40029."""
+    default_code = await emu.login()
+    short_code = await emu.login(ttl=1)
+    emu.clock.advance(1)
+    assert (await emu.exchange(short_code))["errcode"] == 40029
+    emu.clock.advance(298)
+    assert "openid" in await emu.exchange(default_code)
+    late_code = await emu.login()
+    emu.clock.advance(300)
+    assert (await emu.exchange(late_code))["errcode"] == 40029
+
+
+@pytest.mark.parametrize(
+    ("appid", "secret", "code", "grant_type", "errcode"),
+    [
+        (None, "s", "c", "authorization_code", 41002),
+        (APP1, "", "c", "authorization_code", 41004),
+        (APP1, SECRET1, None, "authorization_code", 41008),
+        (APP1, SECRET1, "c", None, 40002),
+        (APP1, SECRET1, "c", "client_credential", 40002),
+        ("wxnosuchapp", "s", "c", "authorization_code", 40013),
+        (APP1, SECRET2, "c", "authorization_code", 40125),
+    ],
+)
+async def test_bad_parameters(
+    emu: Emulator,
+    appid: str | None,
+    secret: str,
+    code: str | None,
+    grant_type: str | None,
+    errcode: int,
+) -> None:
+    """Missing or wrong appid, secret, js_code or grant_type get WeChat's errcodes."""
+    answer = await emu.exchange(code, appid=appid, secret=secret, grant_type=grant_type)
+    assert answer["errcode"] == errcode
+    assert set(answer) == {"errcode", "errmsg"}
+
+
+async def test_wrong_secret_does_not_burn_code(emu: Emulator) -> None:
+    """A 40125 is decided before the code is looked at, so the code still works."""
+    code = await emu.login()
+    assert (await emu.exchange(code, secret="wrong"))["errcode"] == 40125
+    assert "openid" in await emu.exchange(code)
+
+
+async def test_blocked_user_is_40226(emu: Emulator) -> None:
+    """A user set up as blocked gets 40226 on exchange."""
+    await emu.ok("POST", "/_dev/users", {"appid": APP1, "user": "mallory", "blocked": True})
+    answer = await emu.exchange(await emu.login("mallory"))
+    assert answer == {"errcode": 40226, "errmsg": "high risk user"}
+
+
+# -- user data --------------------------------------------------------------------------------
+
+
+async def test_user_data_decrypts_and_verifies(emu: Emulator) -> None:
+    """Default user data decrypts with the code's key, has the app's watermark and signs right."""
+    await emu.ok("POST", "/_dev/users", {"appid": APP1, "user": "erin", "unionid": True})
+    session = await emu.exchange(await emu.login("erin"))
+    bundle = await emu.ok("POST", "/_dev/user-data", {"appid": APP1, "user": "erin"})
+    plain = decrypt(session["session_key"], bundle["encryptedData"], bundle["iv"])
+    assert plain["watermark"] == {"appid": APP1, "timestamp": int(emu.clock.now)}
+    assert plain["openId"] == session["openid"]
+    assert plain["unionId"] == session["unionid"]
+    raw = json.loads(bundle["rawData"])
+    assert raw == {k: v for k, v in plain.items() if k != "watermark"}
+    assert bundle["signature"] == signature(bundle["rawData"], session["session_key"])
+    assert len(base64.b64decode(bundle["iv"])) == 16
+
+
+async def test_user_data_custom_data_and_watermark(emu: Emulator) -> None:
+    """Given data is encrypted as is, rawData keeps non-ASCII text, watermark can be forged."""
+    session = await emu.exchange(await emu.login())
+    data = {"phoneNumber": "13800138000", "nickName": "小明"}
+    bundle = await emu.ok(
+        "POST",
+        "/_dev/user-data",
+        {
+            "appid": APP1,
+            "user": "alice",
+            "data": data,
+            "watermark_appid": APP2,
+            "watermark_timestamp": 1234,
+        },
+    )
+    plain = decrypt(session["session_key"], bundle["encryptedData"], bundle["iv"])
+    assert plain == {**data, "watermark": {"appid": APP2, "timestamp": 1234}}
+    assert bundle["rawData"] == '{"phoneNumber":"13800138000","nickName":"小明"}'
+    assert bundle["signature"] == signature(bundle["rawData"], session["session_key"])
+
+
+async def test_user_data_needs_a_login(emu: Emulator) -> None:
+    """user-data for a user without a session_key is 409."""
+    await emu.ok("POST", "/_dev/users", {"appid": APP1, "user": "frank"})
+    status, answer = await emu.dev("POST", "/_dev/user-data", {"appid": APP1, "user": "frank"})
+    assert status == 409
+    assert "error" in answer
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/_dev/users", {"appid": "wxnosuchapp", "user": "x"}, 404),
+        ("/_dev/login", {"appid": "wxnosuchapp", "user": "x"}, 404),
+        ("/_dev/user-data", {"appid": "wxnosuchapp", "user": "x"}, 404),
+        ("/_dev/users", {"appid": APP1}, 400),
+        ("/_dev/users", [APP1], 400),
+        ("/_dev/users", {"appid": APP1, "user": "x", "blocked": "yes"}, 400),
+        ("/_dev/login", {"appid": APP1, "user": "x", "ttl": -1}, 400),
+        ("/_dev/user-data", {"appid": APP1, "user": "x", "data": [1]}, 400),
+        ("/_dev/faults", {"latency": 10}, 400),
+        ("/_dev/faults", {"times": 0}, 400),
+        ("/_dev/faults", {"http_status": 99}, 400),
+    ],
+)
+async def test_dev_api_rejects_bad_input(emu: Emulator, path: str, body: Any, status: int) -> None:
+    """The dev API answers 404 for unknown apps and 400 with an error for malformed bodies."""
+    got, answer = await emu.dev("POST", path, body)
+    assert got == status
+    assert isinstance(answer["error"], str)
+
+
+# -- faults and stats -------------------------------------------------------------------------
+
+
+async def test_fault_latency_delays_answer(emu: Emulator) -> None:
+    """latency_ms holds the answer back, and the exchange itself still happens."""
+    await emu.ok("POST", "/_dev/faults", {"latency_ms": 200, "times": 1})
+    code = await emu.login()
+    started = time.monotonic()
+    assert "openid" in await emu.exchange(code)
+    assert time.monotonic() - started >= 0.2
+    started = time.monotonic()
+    assert (await emu.exchange(code))["errcode"] == 40163
+    assert time.monotonic() - started < 0.2
+
+
+async def test_fault_errcode_keeps_code(emu: Emulator) -> None:
+    """A forced errcode answers HTTP 200 without consuming the code."""
+    await emu.ok("POST", "/_dev/faults", {"errcode": -1, "times": 1})
+    code = await emu.login()
+    assert await emu.exchange(code) == {"errcode": -1, "errmsg": "forced"}
+    assert "openid" in await emu.exchange(code)
+
+
+async def test_fault_http_status(emu: Emulator) -> None:
+    """http_status answers that status with a non-JSON body, and the code survives."""
+    await emu.ok("POST", "/_dev/faults", {"http_status": 502, "times": 1})
+    code = await emu.login()
+    url = emu.base + "/sns/jscode2session"
+    query = {"appid": APP1, "secret": SECRET1, "js_code": code, "grant_type": "authorization_code"}
+    async with emu.http.get(url, params=query) as resp:
+        assert resp.status == 502
+        assert "errcode" not in await resp.text()
+    assert "openid" in await emu.exchange(code)
+
+
+async def test_fault_drop_closes_connection(
+    emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """drop closes the connection with no response at all, and the server logs no error."""
+    await emu.ok("POST", "/_dev/faults", {"drop": True})
+    # aiohttp's client retries an idempotent request once on a dropped connection, so the fault
+    # must outlast that retry for the caller to see the error.
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await emu.exchange("anycode")
+    assert (await emu.ok("GET", "/_dev/stats"))["jscode2session_requests"] == 2
+
+    host, port = emu.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /sns/jscode2session HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    await writer.wait_closed()
+
+    await emu.ok("DELETE", "/_dev/faults")
+    assert (await emu.exchange(await emu.login()))["openid"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_fault_times_counts_down_in_fifo_order(emu: Emulator) -> None:
+    """Faults apply in the order queued, each for its own number of requests."""
+    await emu.ok("POST", "/_dev/faults", {"errcode": 45011, "times": 2})
+    listed = await emu.ok("POST", "/_dev/faults", {"errcode": -1, "times": 1})
+    assert [f["errcode"] for f in listed["faults"]] == [45011, -1]
+    code = await emu.login()
+    assert [(await emu.exchange(code))["errcode"] for _ in range(3)] == [45011, 45011, -1]
+    assert (await emu.ok("GET", "/_dev/faults"))["faults"] == []
+    assert "openid" in await emu.exchange(code)
+
+
+async def test_fault_without_times_lasts_until_cleared(emu: Emulator) -> None:
+    """A fault with no times applies to every request until DELETE /_dev/faults."""
+    await emu.ok("POST", "/_dev/faults", {"errcode": -1})
+    code = await emu.login()
+    for _ in range(3):
+        assert (await emu.exchange(code))["errcode"] == -1
+    assert await emu.ok("DELETE", "/_dev/faults") == {"faults": []}
+    assert "openid" in await emu.exchange(code)
+
+
+async def test_faults_combine_latency_and_errcode(emu: Emulator) -> None:
+    """latency and errcode in one fault delay a forced error."""
+    await emu.ok("POST", "/_dev/faults", {"latency_ms": 100, "errcode": -1, "times": 1})
+    started = time.monotonic()
+    assert (await emu.exchange("anycode"))["errcode"] == -1
+    assert time.monotonic() - started >= 0.1
+
+
+async def test_faults_spare_other_endpoints(emu: Emulator) -> None:
+    """Faults touch only jscode2session; the dev API and healthz keep working."""
+    await emu.ok("POST", "/_dev/faults", {"drop": True})
+    assert await emu.ok("GET", "/healthz") == {"status": "ok"}
+    assert await emu.login()
+
+
+async def test_stats_count_every_request(emu: Emulator) -> None:
+    """Every jscode2session request counts, faulted ones included, until reset."""
+    await emu.ok("POST", "/_dev/faults", {"errcode": -1, "times": 1})
+    await emu.exchange("a")
+    await emu.exchange("b", appid=None)
+    assert await emu.ok("GET", "/_dev/stats") == {"jscode2session_requests": 2}
+    assert await emu.ok("POST", "/_dev/stats/reset") == {"jscode2session_requests": 0}
+    assert await emu.ok("GET", "/_dev/stats") == {"jscode2session_requests": 0}
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+async def test_cli_serves_and_stops_on_sigterm() -> None:
+    """python -m emulator announces its port on stdout, serves, and exits 0 on SIGTERM."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WXLOGIN_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        assert line.startswith("emulator listening on http://127.0.0.1:")
+        base = line.removeprefix("emulator listening on ").strip()
+        assert not base.endswith(":0")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(base + "/healthz") as resp,
+        ):
+            assert await resp.json() == {"status": "ok"}
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0, stderr.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--apps", "wxapp-without-secret"],
+        ["--apps", "wxa:topsecret,wxa:topsecret"],
+        ["--listen", "nowhere"],
+        ["--code-ttl", "0"],
+        ["--no-such-flag"],
+    ],
+)
+async def test_cli_bad_arguments_exit_2(args: list[str]) -> None:
+    """A bad argument is one line on stderr and exit code 2, and never echoes a secret."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "emulator",
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 2
+    assert stdout == b""
+    assert len(stderr.decode().strip().splitlines()) == 1
+    assert b"topsecret" not in stderr
