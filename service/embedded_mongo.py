@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import signal
@@ -12,9 +11,9 @@ import socket
 import subprocess
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from service.children import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
+log = logging.getLogger(__name__)
 
 
 class EmbeddedMongoError(RuntimeError):
@@ -38,13 +37,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # If we are killed hard (SIGKILL, a crash), the kernel stops mongod too,
-    # so no orphan keeps the data dir locked.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedMongo:
@@ -88,7 +80,10 @@ class EmbeddedMongo:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # only calls prctl: safe between fork and exec
+            # Own session: a Ctrl-C in the terminal must not stop mongod before
+            # the service has drained; stop() does that, last.
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # only calls prctl: safe between fork and exec
         )
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_seconds

@@ -1,0 +1,253 @@
+"""The dev stack behind `make run`: embedded mongod, WeChat emulator, service and edge.
+
+With nothing configured it runs everything locally against the emulator and
+says so loudly. With WXLOGIN_APPS set it runs just the service and the edge
+against the configured WeChat (and MongoDB, or the embedded one). Demo and
+benchmarks reuse `DevStack` with free ports and their own data dirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.children import Child, ChildError
+from service.embedded_mongo import EmbeddedMongo, EmbeddedMongoError
+
+log = logging.getLogger("devstack")
+
+# The emulator's apps; their secrets are public on purpose (see emulator/__main__.py).
+DEV_APPS = "wxdev0000000000001:devsecret1,wxdev0000000000002:devsecret2"
+DEV_APP = DEV_APPS.split(":", 1)[0]
+
+
+def dev_secret_key(data_dir: Path) -> str:
+    """The dev stack's WXLOGIN_SECRET_KEY, made once and kept in the data dir."""
+    path = data_dir / "dev-secret-key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(base64.b64encode(os.urandom(32)).decode())
+    return path.read_text().strip()
+
+
+class DevStack:
+    """Starts the parts in order and stops them in reverse; usable as `async with`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        emulator_listen: str = "127.0.0.1:9090",
+        grpc_listen: str = "127.0.0.1:50051",
+        http_listen: str = "127.0.0.1:8080",
+        service_processes: int = 1,
+        with_edge: bool = True,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self._env = dict(os.environ if env is None else env)
+        self.uses_emulator = not self._env.get("WXLOGIN_APPS")
+        self._emulator_listen = emulator_listen
+        self._grpc_listen = grpc_listen
+        self._http_listen = http_listen
+        self._service_processes = service_processes
+        self._with_edge = with_edge and importlib.util.find_spec("clients.edge") is not None
+        self._log_dir = log_dir
+        self._mongo: EmbeddedMongo | None = None
+        self.children: list[Child] = []
+        self.emulator_url = ""
+        self.grpc_target = ""
+        self.edge_url = ""
+        self.mongodb_uri = ""
+
+    def _log(self, name: str) -> Path | None:
+        return None if self._log_dir is None else self._log_dir / f"{name}.log"
+
+    async def _spawn(self, name: str, module_args: list[str], env: Mapping[str, str]) -> int:
+        child = Child(name, module_args, env, log_file=self._log(name))
+        self.children.append(child)
+        return await child.start()
+
+    async def __aenter__(self) -> DevStack:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _start(self) -> None:
+        env = dict(self._env)
+        env.setdefault("WXLOGIN_DATA_DIR", str(self.data_dir))
+        if self.uses_emulator:
+            port = await self._spawn(
+                "emulator", ["emulator", "--listen", self._emulator_listen, "--apps", DEV_APPS], env
+            )
+            self.emulator_url = f"http://127.0.0.1:{port}"
+            env.update(
+                WXLOGIN_APPS=DEV_APPS,
+                WXLOGIN_WECHAT_API_BASE=self.emulator_url,
+                WXLOGIN_SECRET_KEY=env.get("WXLOGIN_SECRET_KEY") or dev_secret_key(self.data_dir),
+            )
+        if not env.get("WXLOGIN_MONGODB_URI"):
+            # Started here rather than by the service, so several service
+            # processes can share one database.
+            self._mongo = EmbeddedMongo(self.data_dir)
+            env["WXLOGIN_MONGODB_URI"] = await self._mongo.start()
+        self.mongodb_uri = env["WXLOGIN_MONGODB_URI"]
+
+        listen = self._grpc_listen
+        for number in range(self._service_processes):
+            env["WXLOGIN_GRPC_LISTEN"] = listen
+            port = await self._spawn(f"service-{number + 1}", ["service"], env)
+            listen = f"{listen.rpartition(':')[0]}:{port}"  # the others share the port
+        self.grpc_target = listen
+        await _wait_serving(self.grpc_target)
+
+        if self._with_edge:
+            env.update(WXLOGIN_HTTP_LISTEN=self._http_listen, WXLOGIN_UPSTREAM=self.grpc_target)
+            port = await self._spawn("edge", ["clients.edge"], env)
+            self.edge_url = f"http://127.0.0.1:{port}"
+
+    @property
+    def embedded_mongo(self) -> bool:
+        return self._mongo is not None
+
+    async def stop(self) -> None:
+        """Stop children newest first (edge, services, emulator), then mongod."""
+        while self.children:
+            await self.children.pop().stop()
+        if self._mongo is not None:
+            await self._mongo.stop()
+            self._mongo = None
+
+    async def wait_for_exit(self) -> Child:
+        """Return the first child that exits by itself."""
+        waits = {asyncio.ensure_future(child.wait()): child for child in self.children}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in waits:
+                future.cancel()
+        return waits[done.pop()]
+
+
+async def _wait_serving(target: str, wait_seconds: float = 30.0) -> None:
+    """Until the gRPC health service says SERVING (MongoDB answers)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + wait_seconds
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            if loop.time() > give_up:
+                raise ChildError(
+                    f"service at {target} did not become SERVING in {wait_seconds:.0f}s"
+                )
+            await asyncio.sleep(0.2)
+
+
+def banner(stack: DevStack) -> str:
+    """What `make run` prints once everything answers."""
+    bar = "=" * 72
+    lines = [bar]
+    if stack.uses_emulator:
+        lines += [
+            "  wxlogin DEV STACK: using the WeChat EMULATOR, not the real WeChat API.",
+            f"  Apps: {DEV_APPS}   (dev secrets, public on purpose)",
+        ]
+    else:
+        lines.append("  wxlogin: service and edge, configured from WXLOGIN_* variables.")
+    lines.append(f"  gRPC      {stack.grpc_target}   (wxlogin.v1.AuthService, health, reflection)")
+    if stack.edge_url:
+        lines.append(f"  HTTP edge {stack.edge_url}")
+    if stack.emulator_url:
+        lines.append(f"  emulator  {stack.emulator_url}")
+    lines.append(
+        f"  MongoDB   {'embedded, data in ' + str(stack.data_dir) if stack._mongo else 'external'}"
+    )
+    if stack.uses_emulator:
+        lines += [
+            "",
+            "  Try it (another terminal):",
+            "    make demo",
+            f"    curl -s -XPOST {stack.emulator_url}/_dev/login "
+            f'-d \'{{"appid":"{DEV_APP}","user":"alice"}}\'      # play wx.login()',
+        ]
+        if stack.edge_url:
+            lines.append(
+                f'    curl -s -XPOST {stack.edge_url}/v1/login -d \'{{"code":"<code>",'
+                f'"app_id":"{DEV_APP}"}}\''
+            )
+    lines += ["", "  Ctrl-C stops everything.", bar]
+    return "\n".join(lines)
+
+
+async def run() -> int:
+    """Run until Ctrl-C/SIGTERM or until a part dies; stop everything either way."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    data_dir = Path(os.environ.get("WXLOGIN_DATA_DIR") or ".data")
+    stack = DevStack(
+        data_dir,
+        emulator_listen=os.environ.get("WXLOGIN_EMULATOR_LISTEN") or "127.0.0.1:9090",
+        grpc_listen=os.environ.get("WXLOGIN_GRPC_LISTEN") or "127.0.0.1:50051",
+        http_listen=os.environ.get("WXLOGIN_HTTP_LISTEN") or "127.0.0.1:8080",
+    )
+    try:
+        async with stack:
+            print(banner(stack), flush=True)
+            stopped = asyncio.ensure_future(stop.wait())
+            died = asyncio.ensure_future(stack.wait_for_exit())
+            done, pending = await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
+            for future in pending:
+                future.cancel()
+            if died in done:
+                child = died.result()
+                print(f"devstack: {child.name} exited; stopping everything", file=sys.stderr)
+                return 1
+            print("devstack: stopping (edge, service, emulator, mongod)...", file=sys.stderr)
+    except (ChildError, EmbeddedMongoError, OSError) as error:
+        print(f"devstack: {error}", file=sys.stderr)
+        return 1
+    print("devstack: stopped", file=sys.stderr)
+    return 0
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
