@@ -227,7 +227,9 @@ async def dev_login(request: web.Request) -> web.Response:
     code, user = request.app[STATE].login(
         _required_str(body, "appid"), _required_str(body, "user"), ttl=ttl
     )
-    return web.json_response({"code": code, "openid": user.openid})
+    # session_key is dev-only knowledge: tests use it to prove the service never
+    # stores or logs it in plaintext. Real WeChat never hands it to the client.
+    return web.json_response({"code": code, "openid": user.openid, "session_key": user.session_key})
 
 
 async def dev_user_data(request: web.Request) -> web.Response:

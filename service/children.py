@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 # "emulator listening on http://127.0.0.1:9090", "wxlogin service listening on port 50051"
-_LISTENING = re.compile(rb"listening on (?:port |http://)?(?:\S*:)?(\d+)")
+LISTENING = re.compile(rb"listening on (?:port |http://)?(?:\S*:)?(\d+)")
 
 
 def die_with_parent() -> None:
@@ -77,7 +77,7 @@ class Child:
             line = await asyncio.wait_for(self.process.stdout.readline(), ready_timeout)
         except TimeoutError:
             line = b""
-        match = _LISTENING.search(line)
+        match = LISTENING.search(line)
         if match is None:
             await self.stop()
             where = f"; see {self._log_file}" if self._log_file else ""

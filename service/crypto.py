@@ -60,7 +60,8 @@ class SessionKeyCipher:
 
 def decode_b64(field: str, value: str) -> bytes:
     """Decode standard base64, repairing the classic `+`-became-space client bug."""
-    cleaned = value.strip().replace(" ", "+").replace("\n", "").replace("\r", "")
+    # Spaces first: a leading or trailing '+' that became a space is data, not padding.
+    cleaned = "".join(value.replace(" ", "+").split())
     if not cleaned:
         raise BadRequest(f"{field} is empty")
     cleaned += "=" * (-len(cleaned) % 4)  # some clients drop the padding

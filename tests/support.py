@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -15,6 +14,8 @@ import aiohttp
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from service.children import LISTENING
 
 APP_A = "wxtest0000000000aa"
 APP_B = "wxtest0000000000bb"
@@ -65,9 +66,11 @@ class Emulator:
 
     async def code(self, appid: str, user: str, **fields: Any) -> str:
         """Play wx.login(): a fresh single-use code for the named user."""
-        return str(
-            (await self._post("/_dev/login", {"appid": appid, "user": user, **fields}))["code"]
-        )
+        return str((await self.wx_login(appid, user, **fields))["code"])
+
+    async def wx_login(self, appid: str, user: str, **fields: Any) -> dict[str, Any]:
+        """Play wx.login() and also see the dev-only session_key minted with the code."""
+        return await self._post("/_dev/login", {"appid": appid, "user": user, **fields})
 
     async def user_data(self, appid: str, user: str, **fields: Any) -> dict[str, Any]:
         return await self._post("/_dev/user-data", {"appid": appid, "user": user, **fields})
@@ -82,9 +85,6 @@ class Emulator:
     async def requests_seen(self) -> int:
         async with self._http.get(self.base_url + "/_dev/stats") as response:
             return int((await response.json())["jscode2session_requests"])
-
-
-_LISTENING = re.compile(rb"listening on (?:http://)?(?:[\w.\[\]:]*:)?(\d+)")
 
 
 @asynccontextmanager
@@ -103,7 +103,7 @@ async def child(
     try:
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), ready_timeout)
-        match = _LISTENING.search(line)
+        match = LISTENING.search(line)
         if match is None:
             assert process.stderr is not None
             err = await asyncio.wait_for(process.stderr.read(), 10)

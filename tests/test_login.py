@@ -39,11 +39,14 @@ async def test_first_login_creates_user_then_reuses_it(
     """The first login is new_user=true, the next one of the same user reuses the user."""
     first = await login(stub, await emu.code(APP_A, "alice"))
     second = await login(stub, await emu.code(APP_A, "alice"))
-    assert first.new_user is True and second.new_user is False
+    assert first.new_user is True
+    assert second.new_user is False
     assert first.user.user_id == second.user.user_id
-    assert first.user.app_id == APP_A and first.user.openid.startswith("o")
+    assert first.user.app_id == APP_A
+    assert first.user.openid.startswith("o")
     assert first.user.unionid == ""
-    assert first.token != second.token and len(first.token) >= 43
+    assert first.token != second.token
+    assert len(first.token) >= 43
     ttl = (first.expires_at.ToDatetime(tzinfo=UTC) - datetime.now(UTC)).total_seconds()
     assert 604800 - 60 < ttl <= 604800
 
@@ -83,8 +86,10 @@ async def test_session_is_stored_under_the_token_hash_with_a_sealed_key(
     doc = await db.sessions.find_one({"_id": hashlib.sha256(result.token.encode()).hexdigest()})
     assert doc is not None
     assert doc["user_id"] == __import__("bson").ObjectId(result.user.user_id)
-    assert doc["app_id"] == APP_A and doc["openid"] == result.user.openid
-    assert isinstance(doc["session_key"], bytes) and len(doc["session_key"]) > 16 + 12
+    assert doc["app_id"] == APP_A
+    assert doc["openid"] == result.user.openid
+    assert isinstance(doc["session_key"], bytes)
+    assert len(doc["session_key"]) > 16 + 12
     assert doc["expires_at"] == result.expires_at.ToDatetime(tzinfo=UTC)
     indexes = await db.sessions.index_information()
     ttl_index = next(ix for ix in indexes.values() if ix["key"] == [("expires_at", 1)])
