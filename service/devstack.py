@@ -66,7 +66,7 @@ class DevStack:
         self._grpc_listen = grpc_listen
         self._http_listen = http_listen
         self._service_processes = service_processes
-        self._with_edge = with_edge and importlib.util.find_spec("clients.edge") is not None
+        self._with_edge = with_edge and _edge_installed()
         self._log_dir = log_dir
         self._mongo: EmbeddedMongo | None = None
         self.children: list[Child] = []
@@ -153,6 +153,13 @@ class DevStack:
             for future in waits:
                 future.cancel()
         return waits[done.pop()]
+
+
+def _edge_installed() -> bool:
+    try:
+        return importlib.util.find_spec("clients.edge") is not None
+    except ModuleNotFoundError:  # no `clients` package at all
+        return False
 
 
 async def _wait_serving(target: str, wait_seconds: float = 30.0) -> None:

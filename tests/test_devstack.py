@@ -55,14 +55,14 @@ async def test_dev_stack_starts_serves_and_leaves_no_process_behind(tmp_path: Pa
         "service.devstack",
         env=env,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=open(tmp_path / "devstack.log", "wb"),  # noqa: SIM115, ASYNC230
     )
     try:
         assert process.stdout is not None
         banner = ""
         while "Ctrl-C" not in banner:
             line = await asyncio.wait_for(process.stdout.readline(), 90)
-            assert line, f"dev stack exited early: {banner}"
+            assert line, (tmp_path / "devstack.log").read_text()[-3000:]
             banner += line.decode()
         assert "EMULATOR" in banner
         grpc_target = re.search(r"gRPC\s+(\S+)", banner)

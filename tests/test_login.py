@@ -338,3 +338,17 @@ async def test_login_expiry_follows_the_configured_ttl(
         result = await login(auth_pb2_grpc.AuthServiceStub(channel), await emu.code(APP_A, "ned"))
     expires = result.expires_at.ToDatetime(tzinfo=UTC)
     assert abs(expires - (datetime.now(UTC) + timedelta(seconds=3600))) < timedelta(seconds=30)
+
+
+async def test_users_are_per_app(stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator) -> None:
+    """The same WeChat user in two apps is two users, each new once, with its own openid."""
+    await emu.setup_user(APP_A, "omar", unionid=True)
+    await emu.setup_user(APP_B, "omar", unionid=True)
+    in_a = await login(stub, await emu.code(APP_A, "omar"), APP_A)
+    in_b = await login(stub, await emu.code(APP_B, "omar"), APP_B)
+    assert in_a.new_user
+    assert in_b.new_user
+    assert in_a.user.user_id != in_b.user.user_id
+    assert in_a.user.openid != in_b.user.openid
+    assert (in_a.user.app_id, in_b.user.app_id) == (APP_A, APP_B)
+    assert in_a.user.unionid == in_b.user.unionid != ""
