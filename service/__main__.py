@@ -42,6 +42,9 @@ def main() -> int:
         return 2
     try:
         asyncio.run(serve(settings))
+    except ConfigError as error:  # found only when used: an unreachable MongoDB, a taken port
+        print(f"wxlogin: bad configuration: {error}", file=sys.stderr)
+        return 2
     except (EmbeddedMongoError, OSError) as error:
         print(f"wxlogin: cannot start: {error}", file=sys.stderr)
         return 1

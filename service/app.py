@@ -13,6 +13,7 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pymongo.errors import ConfigurationError
 
 from service.auth import Authenticator
 from service.cache import SessionCache
@@ -20,7 +21,7 @@ from service.crypto import SessionKeyCipher
 from service.embedded_mongo import EmbeddedMongo
 from service.errors import StoreUnavailable
 from service.servicer import AuthServicer
-from service.settings import Settings
+from service.settings import ConfigError, Settings
 from service.store import Store, connect
 from service.wechat import WeChatClient
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
@@ -62,10 +63,17 @@ async def running_service(
             uri = await mongo.start()
             stack.push_async_callback(mongo.stop)
 
-        mongo_client = connect(uri)
+        try:
+            mongo_client = connect(uri)
+        except ConfigurationError:
+            # pymongo's text may quote the URI, password included.
+            raise ConfigError("WXLOGIN_MONGODB_URI", "not a valid MongoDB URI") from None
         stack.callback(mongo_client.close)
         store = Store(mongo_client[settings.database], SessionKeyCipher(settings.secret_key))
-        await store.ensure_indexes()
+        try:
+            await store.ensure_indexes()
+        except StoreUnavailable:
+            raise ConfigError("WXLOGIN_MONGODB_URI", "MongoDB does not answer") from None
 
         http = aiohttp.ClientSession(
             # A pooled, keep-alive connection per host; WeChat is one host.
@@ -103,9 +111,12 @@ async def running_service(
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        port = server.add_insecure_port(settings.grpc_listen)
+        try:
+            port = server.add_insecure_port(settings.grpc_listen)
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise OSError(f"WXLOGIN_GRPC_LISTEN: cannot listen on {settings.grpc_listen}")
+            raise ConfigError("WXLOGIN_GRPC_LISTEN", f"cannot listen on {settings.grpc_listen}")
         await server.start()
 
         watcher = asyncio.create_task(_watch_store(store, health_servicer, health_interval))

@@ -124,6 +124,36 @@ async def test_bad_configuration_fails_with_one_line_naming_the_variable(
     assert "secret-a-123" not in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"WXLOGIN_MONGODB_URI": "mysql://user:pw@x"}, "WXLOGIN_MONGODB_URI"),
+        (
+            {"WXLOGIN_MONGODB_URI": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"},
+            "WXLOGIN_MONGODB_URI",
+        ),
+        ({"WXLOGIN_GRPC_LISTEN": "192.0.2.1:50051"}, "WXLOGIN_GRPC_LISTEN"),  # not our address
+    ],
+)
+async def test_configuration_found_bad_at_start_ends_with_a_line_naming_it(
+    service_env: dict[str, str], env: dict[str, str], variable: str
+) -> None:
+    """A MongoDB that does not answer or an address we can't bind: exit 2, last line names it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        env={**os.environ, **service_env, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    last = err.decode().strip().splitlines()[-1]
+    assert process.returncode == 2
+    assert last.startswith("wxlogin: bad configuration: " + variable)
+    assert "pw@" not in err.decode()
+
+
 async def test_sigterm_lets_an_in_flight_login_finish(
     service_env: dict[str, str], emu: Emulator
 ) -> None:
