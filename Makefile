@@ -50,7 +50,6 @@ edge: proto
 
 test: proto
 	$(PY) -m pytest
-	node --test clients/miniprogram/
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -64,8 +63,11 @@ check: lint typecheck test
 demo: proto
 	$(PY) -m clients.demo
 
+# Needs the C load generators; installs them (Debian/Ubuntu, as root) when missing.
 bench: proto
-	$(PY) -m bench
+	@command -v h2load >/dev/null && command -v wrk >/dev/null || \
+	    { apt-get update && apt-get install -y nghttp2-client wrk; }
+	$(PY) -m bench --profile
 
 bench-smoke: proto
 	$(PY) -m bench --smoke

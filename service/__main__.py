@@ -30,8 +30,15 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> int:
+    level = os.environ.get("WXLOGIN_LOG_LEVEL", "INFO").upper()
+    if level not in logging.getLevelNamesMapping():
+        print(
+            f"wxlogin: bad configuration: WXLOGIN_LOG_LEVEL: unknown level {level!r}",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
-        level=os.environ.get("WXLOGIN_LOG_LEVEL", "INFO").upper(),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

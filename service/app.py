@@ -71,7 +71,7 @@ async def running_service(
         stack.callback(mongo_client.close)
         store = Store(mongo_client[settings.database], SessionKeyCipher(settings.secret_key))
         try:
-            await store.ensure_indexes()
+            await store.ensure_indexes(settings.expired_session_retention)
         except StoreUnavailable:
             raise ConfigError("WXLOGIN_MONGODB_URI", "MongoDB does not answer") from None
 

@@ -44,6 +44,9 @@ class Settings:
     wechat_attempts: int = 3
     # How long CheckSession may answer from memory; see service/cache.py.
     session_cache_seconds: float = 5.0
+    # Expired sessions stay this long before MongoDB's TTL monitor deletes them,
+    # so a recently expired token is reported as SESSION_EXPIRED, not SESSION_INVALID.
+    expired_session_retention: int = 24 * 3600
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even by printing the settings.

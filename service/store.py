@@ -93,7 +93,7 @@ class Store:
         self._sessions = db["sessions"]
         self._cipher = cipher
 
-    async def ensure_indexes(self) -> None:
+    async def ensure_indexes(self, expired_session_retention: int = 0) -> None:
         """Create the indexes the data model relies on (idempotent)."""
         async with _translated():
             await self._users.create_index(
@@ -103,7 +103,7 @@ class Store:
             # Cleans up only: validity is always decided by comparing expires_at,
             # since the TTL monitor runs once a minute at best.
             await self._sessions.create_index(
-                "expires_at", expireAfterSeconds=0, name="expires_at_ttl"
+                "expires_at", expireAfterSeconds=expired_session_retention, name="expires_at_ttl"
             )
             await self._sessions.create_index("user_id", name="user_id")
 

@@ -49,13 +49,14 @@ async def test_dev_stack_starts_serves_and_leaves_no_process_behind(tmp_path: Pa
         "WXLOGIN_GRPC_LISTEN": "127.0.0.1:0",
         "WXLOGIN_HTTP_LISTEN": "127.0.0.1:0",
     }
+    log_file = (tmp_path / "devstack.log").open("wb")  # closed in finally
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "service.devstack",
         env=env,
         stdout=asyncio.subprocess.PIPE,
-        stderr=open(tmp_path / "devstack.log", "wb"),  # noqa: SIM115, ASYNC230
+        stderr=log_file,
     )
     try:
         assert process.stdout is not None
@@ -93,3 +94,4 @@ async def test_dev_stack_starts_serves_and_leaves_no_process_behind(tmp_path: Pa
         if process.returncode is None:
             process.kill()
             await process.wait()
+        log_file.close()

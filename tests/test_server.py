@@ -102,6 +102,7 @@ async def test_mongodb_down_means_not_serving_and_store_unavailable(
         ({"WXLOGIN_WATERMARK_MAX_AGE": "-5"}, "WXLOGIN_WATERMARK_MAX_AGE"),
         ({"WXLOGIN_GRPC_LISTEN": "nowhere"}, "WXLOGIN_GRPC_LISTEN"),
         ({"WXLOGIN_WECHAT_API_BASE": "ftp://x"}, "WXLOGIN_WECHAT_API_BASE"),
+        ({"WXLOGIN_LOG_LEVEL": "chatty"}, "WXLOGIN_LOG_LEVEL"),
     ],
 )
 async def test_bad_configuration_fails_with_one_line_naming_the_variable(

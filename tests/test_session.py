@@ -59,7 +59,7 @@ async def test_expired_token_is_rejected_while_its_document_still_exists(
     await admin.command({"setParameter": 1, "ttlMonitorEnabled": False})
     try:
         async with (
-            start_service(session_ttl=1) as running,
+            start_service(session_ttl=1, expired_session_retention=0) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             stub = auth_pb2_grpc.AuthServiceStub(channel)

@@ -1,0 +1,261 @@
+"""`WxLoginClient`: typed async calls to wxlogin with deadlines and bounded, safe retries."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients._errors import DeadlineExceeded, WxLoginError, from_rpc_error
+from clients._models import LoginResult, Session, User, UserData
+from wxlogin.v1 import auth_pb2, auth_pb2_grpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+REQUEST_ID_METADATA = "x-request-id"
+# Printable ASCII without spaces: always a valid gRPC metadata value, and
+# unable to break a log line. A request id of any other shape is not sent.
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+
+# grpc's default reconnect backoff grows to 120 s; a backend should notice a
+# restarted wxlogin within a couple of seconds, not minutes.
+DEFAULT_CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 30_000),
+)
+
+# Doubles carry integers exactly up to 2**53; see _plain_numbers.
+_EXACT_INT_LIMIT = 2**53
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Seconds each call may take in all, retries included."""
+
+    # Login waits on WeChat, which the service retries within this budget.
+    login: float = 10.0
+    # Backends call this on every request they serve: fail fast.
+    check_session: float = 2.0
+    decrypt_user_data: float = 5.0
+    revoke_session: float = 5.0
+    health: float = 1.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of idempotent calls on UNAVAILABLE: full-jitter exponential backoff."""
+
+    attempts: int = 3  # in all, the first included; 1 turns retries off
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    multiplier: float = 2.0
+
+    def backoff(self, retry: int) -> float:
+        """The pause before retry number `retry` (1-based)."""
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return random.uniform(0, ceiling)
+
+
+def is_request_id(value: str) -> bool:
+    """True when `value` can travel as the x-request-id metadata (and into logs) as is."""
+    return _REQUEST_ID.fullmatch(value) is not None
+
+
+def open_channel(
+    target: str, *, options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS
+) -> grpc.aio.Channel:
+    """An insecure channel to wxlogin with quick reconnects (wxlogin runs inside the network)."""
+    return grpc.aio.insecure_channel(target, options=list(options))
+
+
+class WxLoginClient:
+    """Calls wxlogin.v1.AuthService over a channel the caller owns (see `connect`).
+
+    Every call has a deadline (`Deadlines`). Only calls that are safe to repeat
+    are retried, and only on UNAVAILABLE: check_session, decrypt_user_data and
+    revoke_session. Login never is: WeChat's code is single-use, so a second try
+    could only fail with CODE_USED, or log the user in twice.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        deadlines: Deadlines | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._stub = auth_pb2_grpc.AuthServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self.deadlines = deadlines or Deadlines()
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+
+    async def login(
+        self, code: str, *, app_id: str = "", request_id: str | None = None
+    ) -> LoginResult:
+        """Exchange a wx.login() code for a session; `app_id` may be empty with one app."""
+        reply = await self._call(
+            self._stub.Login,
+            auth_pb2.LoginRequest(app_id=app_id, code=code),
+            budget=self.deadlines.login,
+            idempotent=False,
+            request_id=request_id,
+        )
+        return LoginResult(
+            token=reply.token,
+            expires_at=_datetime(reply.expires_at),
+            user=_user(reply.user),
+            new_user=reply.new_user,
+        )
+
+    async def check_session(self, token: str, *, request_id: str | None = None) -> Session:
+        """The user and expiry behind a token; SessionInvalid or SessionExpired otherwise."""
+        reply = await self._call(
+            self._stub.CheckSession,
+            auth_pb2.CheckSessionRequest(token=token),
+            budget=self.deadlines.check_session,
+            idempotent=True,
+            request_id=request_id,
+        )
+        return Session(user=_user(reply.user), expires_at=_datetime(reply.expires_at))
+
+    async def decrypt_user_data(
+        self,
+        token: str,
+        encrypted_data: str,
+        iv: str,
+        *,
+        raw_data: str = "",
+        signature: str = "",
+        request_id: str | None = None,
+    ) -> UserData:
+        """Decrypt WeChat's encryptedData with the session's key; checks signature if given."""
+        reply = await self._call(
+            self._stub.DecryptUserData,
+            auth_pb2.DecryptUserDataRequest(
+                token=token,
+                encrypted_data=encrypted_data,
+                iv=iv,
+                raw_data=raw_data,
+                signature=signature,
+            ),
+            budget=self.deadlines.decrypt_user_data,
+            idempotent=True,
+            request_id=request_id,
+        )
+        watermark = _datetime(reply.watermark_time) if reply.HasField("watermark_time") else None
+        return UserData(data=_struct(reply.data), watermark_time=watermark)
+
+    async def revoke_session(self, token: str, *, request_id: str | None = None) -> None:
+        """End a session now (log out); unknown and already revoked tokens are fine."""
+        await self._call(
+            self._stub.RevokeSession,
+            auth_pb2.RevokeSessionRequest(token=token),
+            budget=self.deadlines.revoke_session,
+            idempotent=True,
+            request_id=request_id,
+        )
+
+    async def serving(self) -> bool:
+        """True when wxlogin's health service says it is SERVING (MongoDB answers)."""
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=self.deadlines.health
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def _call(
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        budget: float,
+        idempotent: bool,
+        request_id: str | None,
+    ) -> Resp:
+        loop = asyncio.get_running_loop()
+        # The deadline covers the whole call, retries and pauses included.
+        deadline = loop.time() + budget
+        metadata = (
+            ((REQUEST_ID_METADATA, request_id),)
+            if request_id is not None and is_request_id(request_id)
+            else None
+        )
+        attempt = 1
+        while True:
+            try:
+                return await rpc(request, timeout=deadline - loop.time(), metadata=metadata)
+            except grpc.aio.AioRpcError as failure:
+                error: WxLoginError = from_rpc_error(failure)
+                cause = failure
+            retryable = idempotent and error.code is grpc.StatusCode.UNAVAILABLE
+            if not retryable or attempt >= self.retry.attempts:
+                raise error from cause
+            pause = self.retry.backoff(attempt)
+            if loop.time() + pause >= deadline:
+                # Waiting would only turn UNAVAILABLE into DEADLINE_EXCEEDED.
+                raise error from cause
+            await self._sleep(pause)
+            attempt += 1
+            if loop.time() >= deadline:
+                raise DeadlineExceeded("wxlogin did not answer in time") from cause
+
+
+@asynccontextmanager
+async def connect(
+    target: str,
+    *,
+    deadlines: Deadlines | None = None,
+    retry: RetryPolicy | None = None,
+    options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+) -> AsyncIterator[WxLoginClient]:
+    """A client with its own channel, closed on exit. Create one per process and share it."""
+    channel = open_channel(target, options=options)
+    try:
+        yield WxLoginClient(channel, deadlines=deadlines, retry=retry)
+    finally:
+        await channel.close()
+
+
+def _user(user: auth_pb2.User) -> User:
+    return User(
+        user_id=user.user_id, app_id=user.app_id, openid=user.openid, unionid=user.unionid or None
+    )
+
+
+def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _struct(data: struct_pb2.Struct) -> dict[str, Any]:
+    plain = _plain_numbers(json_format.MessageToDict(data))
+    assert isinstance(plain, dict)  # a Struct is always a JSON object
+    return plain
+
+
+def _plain_numbers(value: Any) -> Any:
+    # A Struct stores every number as a double, so WeChat's integers (timestamp,
+    # gender) would come back as 1700000000.0; integral values become ints again.
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_INT_LIMIT:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _plain_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain_numbers(item) for item in value]
+    return value

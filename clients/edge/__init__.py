@@ -1,0 +1,1 @@
+"""The HTTP edge: mini-programs reach wxlogin as JSON over HTTP (`python -m clients.edge`)."""

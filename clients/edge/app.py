@@ -1,0 +1,247 @@
+"""The edge's aiohttp app: JSON routes onto wxlogin's RPCs, with no business logic of its own."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import grpc
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from clients._bearer import bearer_token
+from clients._errors import (
+    BadRequest,
+    InternalError,
+    ServiceUnavailable,
+    SessionInvalid,
+    WxLoginError,
+)
+from clients._models import User
+from clients.client import Deadlines, RetryPolicy, WxLoginClient, is_request_id, open_channel
+from clients.edge.http_errors import MethodNotAllowed, NotFound, PayloadTooLarge, error_response
+
+log = logging.getLogger(__name__)
+
+UPSTREAM = web.AppKey("upstream", WxLoginClient)
+OPENAPI = web.AppKey("openapi", bytes)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# A mini-program's largest body is encryptedData of a user profile: a few KB.
+MAX_BODY_BYTES = 64 * 1024
+
+
+def init_app(
+    upstream: grpc.aio.Channel | str,
+    *,
+    deadlines: Deadlines | None = None,
+    retry: RetryPolicy | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> web.Application:
+    """The edge for a gRPC target (channel opened and closed with the app) or a shared channel."""
+    app = web.Application(
+        middlewares=[_request_id, _errors_as_json], client_max_size=max_body_bytes
+    )
+    app[OPENAPI] = resources.files(__package__).joinpath("openapi.json").read_bytes()
+    app.cleanup_ctx.append(_upstream_client(upstream, deadlines, retry))
+    app.router.add_post("/v1/login", login)
+    app.router.add_get("/v1/session", session, allow_head=False)
+    app.router.add_post("/v1/user-data/decrypt", decrypt_user_data)
+    app.router.add_post("/v1/logout", logout)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/openapi.json", openapi, allow_head=False)
+    return app
+
+
+def _upstream_client(
+    upstream: grpc.aio.Channel | str, deadlines: Deadlines | None, retry: RetryPolicy | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        # One channel for every request: it multiplexes them over one HTTP/2 connection.
+        channel = open_channel(upstream) if isinstance(upstream, str) else upstream
+        app[UPSTREAM] = WxLoginClient(channel, deadlines=deadlines, retry=retry)
+        try:
+            yield
+        finally:
+            if isinstance(upstream, str):  # a channel passed in belongs to the caller
+                await channel.close()
+
+    return context
+
+
+# -- middlewares ---------------------------------------------------------------------------
+
+
+@web.middleware
+async def _request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Accept or make an X-Request-Id; it goes upstream as metadata and back on the answer."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    # One of another shape (spaces, non-ASCII, too long) is replaced, not refused:
+    # a request id is for finding log lines, never a reason to fail a request.
+    request_id = given if given is not None and is_request_id(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    response = await handler(request)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes the JSON error body; nothing internal reaches the caller."""
+    try:
+        return await handler(request)
+    except WxLoginError as error:
+        return error_response(error)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.client_max_size
+        return error_response(PayloadTooLarge(f"body is larger than {limit} bytes"))
+    except web.HTTPNotFound:
+        return error_response(NotFound("no such route"))
+    except web.HTTPMethodNotAllowed as error:
+        allow = ", ".join(sorted(error.allowed_methods))
+        return error_response(
+            MethodNotAllowed(f"{request.method} is not allowed here"), headers={"Allow": allow}
+        )
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise  # a redirect is an answer, not a failure
+        return error_response(BadRequest(error.reason))
+    except Exception:
+        # The traceback stays in our log, with the request id to find it by.
+        log.exception("unhandled error request_id=%s", request.get(REQUEST_ID, "-"))
+        return error_response(InternalError("internal error"))
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+async def login(request: web.Request) -> web.Response:
+    """POST /v1/login {code, app_id?} -> {token, expires_at, user, new_user}."""
+    body = await _json_object(request)
+    result = await request.app[UPSTREAM].login(
+        _text(body, "code", required=True),
+        app_id=_text(body, "app_id", required=False),
+        request_id=request[REQUEST_ID],
+    )
+    return web.json_response(
+        {
+            "token": result.token,
+            "expires_at": _timestamp(result.expires_at),
+            "user": _user(result.user),
+            "new_user": result.new_user,
+        }
+    )
+
+
+async def session(request: web.Request) -> web.Response:
+    """GET /v1/session (bearer) -> {user, expires_at}."""
+    checked = await request.app[UPSTREAM].check_session(
+        _bearer(request), request_id=request[REQUEST_ID]
+    )
+    return web.json_response(
+        {"user": _user(checked.user), "expires_at": _timestamp(checked.expires_at)}
+    )
+
+
+async def decrypt_user_data(request: web.Request) -> web.Response:
+    """POST /v1/user-data/decrypt (bearer) {encryptedData, iv, rawData?, signature?} -> {data}."""
+    token = _bearer(request)
+    body = await _json_object(request)
+    # WeChat's own field names, so a mini-program can forward wx.getUserProfile's result as is.
+    decrypted = await request.app[UPSTREAM].decrypt_user_data(
+        token,
+        _text(body, "encryptedData", required=True),
+        _text(body, "iv", required=True),
+        raw_data=_text(body, "rawData", required=False),
+        signature=_text(body, "signature", required=False),
+        request_id=request[REQUEST_ID],
+    )
+    return web.json_response({"data": decrypted.data})
+
+
+async def logout(request: web.Request) -> web.Response:
+    """POST /v1/logout (bearer) -> 204; ends the session now."""
+    await request.app[UPSTREAM].revoke_session(_bearer(request), request_id=request[REQUEST_ID])
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process answers (liveness)."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: wxlogin's health service says SERVING (readiness)."""
+    if not await request.app[UPSTREAM].serving():
+        raise ServiceUnavailable("wxlogin is not serving")
+    return web.json_response({"status": "ready"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json: this API, as the committed OpenAPI 3 document."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+# -- request parsing and response shapes -------------------------------------------------------
+
+
+def _bearer(request: web.Request) -> str:
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None or not _is_unicode(token):
+        raise SessionInvalid("send the login token as Authorization: Bearer <token>")
+    return token
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], field: str, *, required: bool) -> str:
+    value = body.get(field)
+    if value is None:
+        if required:
+            raise BadRequest(f"{field} is required")
+        return ""
+    if not isinstance(value, str) or not _is_unicode(value):
+        raise BadRequest(f"{field} must be a string")
+    if required and not value:
+        raise BadRequest(f"{field} must not be empty")
+    return value
+
+
+def _is_unicode(text: str) -> bool:
+    # JSON's "\ud800" escapes decode to lone surrogates, which protobuf cannot carry.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _user(user: User) -> dict[str, str]:
+    # The contract's shape: unionid is empty, not absent, when WeChat gave none.
+    return {
+        "user_id": user.user_id,
+        "app_id": user.app_id,
+        "openid": user.openid,
+        "unionid": user.unionid or "",
+    }
+
+
+def _timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, e.g. 2025-01-31T08:00:00.000Z."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,162 @@
+'use strict';
+// The sample mini-program module against the LIVE edge and emulator, with `wx` stubbed:
+// wx.login gets a real code from the emulator, wx.request is fetch. Run through
+// tests/test_miniprogram.py, which starts the edge and passes the addresses.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { createWxLogin, WxLoginError } = require('./wxlogin');
+
+const EDGE = process.env.WXLOGIN_EDGE_URL;
+const EMULATOR = process.env.WXLOGIN_EMULATOR_URL;
+const APP_ID = process.env.WXLOGIN_APP_ID;
+if (!EDGE || !EMULATOR || !APP_ID) {
+  // Failing, not skipping: a run that tests nothing must not look green.
+  throw new Error('set WXLOGIN_EDGE_URL, WXLOGIN_EMULATOR_URL and WXLOGIN_APP_ID (pytest tests/test_miniprogram.py does)');
+}
+
+let users = 0;
+
+async function postJson(url, body, headers = {}) {
+  const response = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
+}
+
+/** A `wx` for one simulated WeChat user: counts wx.login calls and requests by path. */
+function fakeWx({ user = `node-user-${process.pid}-${++users}`, code } = {}) {
+  const storage = new Map();
+  const calls = { login: 0, paths: [] };
+  return {
+    user,
+    calls,
+    login({ success, fail }) {
+      calls.login += 1;
+      if (code) return setTimeout(() => success({ code, errMsg: 'login:ok' }), 0);
+      postJson(`${EMULATOR}/_dev/login`, { appid: APP_ID, user }).then(
+        (res) => success({ code: res.body.code, errMsg: 'login:ok' }),
+        (error) => fail({ errMsg: `login:fail ${error.message}` }),
+      );
+    },
+    request({ url, method = 'GET', data, header = {}, success, fail }) {
+      calls.paths.push(new URL(url).pathname);
+      const init = { method, headers: { ...header } };
+      if (data !== undefined && method !== 'GET') {
+        init.body = JSON.stringify(data);
+        init.headers['content-type'] = 'application/json';
+      }
+      fetch(url, init)
+        .then(async (response) => {
+          const text = await response.text();
+          let body = text;
+          try {
+            body = JSON.parse(text);
+          } catch {
+            // like wx.request: a body that is not JSON stays a string
+          }
+          success({ statusCode: response.status, data: body, header: Object.fromEntries(response.headers) });
+        })
+        .catch((error) => fail({ errMsg: `request:fail ${error.message}` }));
+    },
+    getStorageSync: (key) => (storage.has(key) ? storage.get(key) : ''),
+    setStorageSync: (key, value) => storage.set(key, value),
+    removeStorageSync: (key) => storage.delete(key),
+  };
+}
+
+const logins = (wx) => wx.calls.paths.filter((path) => path === '/v1/login').length;
+
+test('parallel first requests share one wx.login and one /v1/login', async () => {
+  const wx = fakeWx();
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  const results = await Promise.all(Array.from({ length: 5 }, () => auth.request({ path: '/v1/session' })));
+  assert.equal(wx.calls.login, 1);
+  assert.equal(logins(wx), 1);
+  const ids = new Set(results.map((res) => res.data.user.user_id));
+  assert.equal(ids.size, 1);
+  assert.ok(wx.getStorageSync('wxlogin_token').startsWith('wxl1_'));
+});
+
+test('the stored token is sent on later requests without logging in again', async () => {
+  const wx = fakeWx();
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  const first = await auth.login();
+  assert.equal(first.new_user, true);
+  const res = await auth.request({ path: '/v1/session' });
+  assert.equal(res.statusCode, 200);
+  assert.equal(res.data.user.user_id, first.user.user_id);
+  assert.equal(wx.calls.login, 1);
+});
+
+test('a revoked token triggers one new login shared by parallel requests', async () => {
+  const wx = fakeWx();
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  const { token: dead } = await auth.login();
+  // Revoked behind the module's back: the stored token is now SESSION_INVALID.
+  const revoked = await postJson(`${EDGE}/v1/logout`, undefined, { Authorization: `Bearer ${dead}` });
+  assert.equal(revoked.status, 204);
+  const results = await Promise.all(Array.from({ length: 4 }, () => auth.request({ path: '/v1/session' })));
+  assert.ok(results.every((res) => res.statusCode === 200));
+  assert.equal(wx.calls.login, 2);
+  assert.equal(logins(wx), 2);
+  assert.notEqual(wx.getStorageSync('wxlogin_token'), dead);
+});
+
+test('a malformed stored token is replaced by a fresh login', async () => {
+  const wx = fakeWx();
+  wx.setStorageSync('wxlogin_token', 'left-over-garbage');
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  const res = await auth.request({ path: '/v1/session' });
+  assert.equal(res.statusCode, 200);
+  assert.equal(wx.calls.login, 1);
+});
+
+test('decryptUserData forwards WeChat fields and returns the decrypted data', async () => {
+  const wx = fakeWx();
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  await auth.login();
+  // What wx.getUserProfile would hand the page, encrypted with this user's session_key.
+  const profile = await postJson(`${EMULATOR}/_dev/user-data`, {
+    appid: APP_ID,
+    user: wx.user,
+    data: { nickName: 'Node', city: 'Shenzhen' },
+  });
+  const { data } = await auth.decryptUserData(profile.body);
+  assert.equal(data.nickName, 'Node');
+  assert.equal(data.watermark.appid, APP_ID);
+});
+
+test('other failures are thrown as WxLoginError and never cause a login', async () => {
+  const wx = fakeWx();
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  await auth.login();
+  await assert.rejects(
+    auth.request({ path: '/v1/user-data/decrypt', method: 'POST', data: { encryptedData: 'x' } }),
+    (error) => error instanceof WxLoginError && error.statusCode === 400 && error.reason === 'BAD_REQUEST',
+  );
+  assert.equal(wx.calls.login, 1);
+});
+
+test('a bad code fails the login with CODE_INVALID instead of looping', async () => {
+  const wx = fakeWx({ code: 'not-a-real-code' });
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  await assert.rejects(
+    auth.request({ path: '/v1/session' }),
+    (error) => error instanceof WxLoginError && error.statusCode === 401 && error.reason === 'CODE_INVALID',
+  );
+  assert.equal(wx.calls.login, 1);
+});
+
+test('logout ends the session on the server and forgets the token', async () => {
+  const wx = fakeWx();
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  const { token } = await auth.login();
+  await auth.logout();
+  assert.equal(wx.getStorageSync('wxlogin_token'), '');
+  const check = await fetch(`${EDGE}/v1/session`, { headers: { Authorization: `Bearer ${token}` } });
+  assert.equal(check.status, 401);
+  assert.equal((await check.json()).error.reason, 'SESSION_INVALID');
+});

@@ -1,0 +1,49 @@
+"""`make demo`: the walkthrough runs to the end, on its own stack and on a running one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from service.app import RunningService
+from tests.support import APP_A, child
+
+
+async def run_demo(*args: str) -> tuple[int, str]:
+    """Run `python -m clients.demo ARGS` to completion; exit code and all output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "clients.demo",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ},
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 90)
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")
+
+
+async def test_demo_starts_its_own_stack_and_shows_every_step() -> None:
+    """With --own-stack the demo starts a temporary stack and shows login to expiry."""
+    code, output = await run_demo("--own-stack")
+    assert code == 0, output
+    for shown in ("CODE_USED", "SESSION_INVALID", "SESSION_EXPIRED", '"nickName": "Alice"', "204"):
+        assert shown in output, output
+    assert "wxl1_" in output
+    assert not any(len(word) >= 48 and word.startswith("wxl1_") for word in output.split())
+
+
+async def test_demo_uses_a_running_stack(service: RunningService, emulator_url: str) -> None:
+    """Pointed at a running edge and emulator, the demo uses them and explains long sessions."""
+    env = {"WXLOGIN_HTTP_LISTEN": "127.0.0.1:0", "WXLOGIN_UPSTREAM": f"127.0.0.1:{service.port}"}
+    async with child("clients.edge", env=env) as (_, port):
+        code, output = await run_demo(
+            "--edge", f"http://127.0.0.1:{port}", "--emulator", emulator_url, "--app-id", APP_A
+        )
+    assert code == 0, output
+    assert "the running dev stack" in output
+    assert "too long to wait" in output
+    assert "SESSION_INVALID" in output
