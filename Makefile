@@ -24,7 +24,9 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "wxlogin needs Python 3.11+")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@# compat mode puts the checkout itself on sys.path, so the generated wxlogin/
+	@# package (made after this install) is importable from anywhere too.
+	$(PY) -m pip install --quiet -e '.[dev,bench]' --config-settings editable_mode=compat
 	touch $@
 
 proto: $(PROTO_OUT)
