@@ -128,7 +128,11 @@ async def running_service(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await server.stop(shutdown_grace)
+            try:
+                # Bounded: a shutdown must never hang, whatever grpc core does.
+                await asyncio.wait_for(server.stop(shutdown_grace), shutdown_grace + 5)
+            except TimeoutError:
+                log.error("gRPC server did not stop within %.0fs", shutdown_grace + 5)
 
         stack.push_async_callback(drain)
         log.info("wxlogin serving on port %d (apps: %s)", port, ", ".join(sorted(settings.apps)))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -24,6 +27,25 @@ from tests.support import APPS, APPS_ENV, Emulator, child
 from wxlogin.v1 import auth_pb2_grpc
 
 SECRET_KEY = os.urandom(32)
+# No test here needs a minute; one that hangs is dumped and interrupted long
+# before CI's limit, instead of silently eating it.
+HANG_SECONDS = 180
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _hang_guard() -> AsyncIterator[None]:
+    """Dump every asyncio task's stack and interrupt the run if a test hangs."""
+    loop = asyncio.get_running_loop()
+
+    def dump_and_interrupt() -> None:
+        print(f"\n=== test still running after {HANG_SECONDS}s; tasks: ===", file=sys.stderr)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    guard = loop.call_later(HANG_SECONDS, dump_and_interrupt)
+    yield
+    guard.cancel()
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -15,7 +15,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from service.children import LISTENING
+from service.children import LISTENING, die_with_parent
 
 APP_A = "wxtest0000000000aa"
 APP_B = "wxtest0000000000bb"
@@ -99,6 +99,7 @@ async def child(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        preexec_fn=die_with_parent,  # a killed test run leaves no emulator behind
     )
     try:
         assert process.stdout is not None
