@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -126,8 +125,10 @@ async def running_service(
             # the grace period; only then may the clients below be closed.
             await health_servicer.enter_graceful_shutdown()
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            # wait(), not `await watcher`: that would raise the watcher's
+            # CancelledError, and suppressing it could swallow our own
+            # cancellation. Bounded, like every step of a shutdown.
+            await asyncio.wait([watcher], timeout=2)
             try:
                 # Bounded: a shutdown must never hang, whatever grpc core does.
                 await asyncio.wait_for(server.stop(shutdown_grace), shutdown_grace + 5)
@@ -144,21 +145,36 @@ async def _watch_store(
 ) -> None:
     """Report SERVING only while MongoDB answers."""
     serving: bool | None = None
-    while True:
-        try:
-            await asyncio.wait_for(store.ping(), timeout=max(interval, 1.0))
-            ok = True
-        except (StoreUnavailable, TimeoutError, Exception):
-            ok = False
-        if ok != serving:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if ok
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in ("", SERVICE_NAME):
-                await health_servicer.set(name, status)
-            if serving is not None:
-                log.warning("MongoDB %s", "answers again" if ok else "does not answer")
-            serving = ok
-        await asyncio.sleep(interval)
+    ping: asyncio.Task[None] | None = None
+    try:
+        while True:
+            # A ping that outlives its wait is left to finish on its own (pymongo's
+            # timeouts bound it) rather than cancelled: a cancelled motor call
+            # can leave its executor future behind, and a new ping is not
+            # started while an old one is still out.
+            if ping is None or ping.done():
+                ping = asyncio.ensure_future(store.ping())
+                ping.add_done_callback(_consume)
+            done, _ = await asyncio.wait([ping], timeout=max(interval, 1.0))
+            ok = ping in done and not ping.cancelled() and ping.exception() is None
+            if ok != serving:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ("", SERVICE_NAME):
+                    await health_servicer.set(name, status)
+                if serving is not None:
+                    log.warning("MongoDB %s", "answers again" if ok else "does not answer")
+                serving = ok
+            await asyncio.sleep(interval)
+    finally:
+        if ping is not None and not ping.done():
+            ping.cancel()
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    """Read a finished ping's outcome so asyncio never logs it as unretrieved."""
+    if not task.cancelled():
+        task.exception()

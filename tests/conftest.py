@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import faulthandler
 import os
 import signal
 import sys
@@ -29,7 +30,7 @@ from wxlogin.v1 import auth_pb2_grpc
 SECRET_KEY = os.urandom(32)
 # No test here needs a minute; one that hangs is dumped and interrupted long
 # before CI's limit, instead of silently eating it.
-HANG_SECONDS = 180
+HANG_SECONDS = float(os.environ.get("WXLOGIN_TEST_HANG_SECONDS", "180"))
 
 
 @pytest_asyncio.fixture(autouse=True)
@@ -38,9 +39,12 @@ async def _hang_guard() -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
 
     def dump_and_interrupt() -> None:
-        print(f"\n=== test still running after {HANG_SECONDS}s; tasks: ===", file=sys.stderr)
+        # sys.__stderr__: the real one, not pytest's capture of this test's output.
+        out = sys.__stderr__
+        print(f"\n=== test still running after {HANG_SECONDS}s; tasks: ===", file=out)
         for task in asyncio.all_tasks(loop):
-            task.print_stack(file=sys.stderr)
+            task.print_stack(file=out)
+        faulthandler.dump_traceback(file=out)
         os.kill(os.getpid(), signal.SIGINT)
 
     guard = loop.call_later(HANG_SECONDS, dump_and_interrupt)
