@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,19 +15,23 @@ from typing import IO
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 # "emulator listening on http://127.0.0.1:9090", "wxlogin service listening on port 50051"
 LISTENING = re.compile(rb"listening on (?:port |http://)?(?:\S*:)?(\d+)")
 
 
-def die_with_parent() -> None:
-    """Between fork and exec: ask the kernel to SIGTERM us when the parent dies.
+def dies_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv`, run so that the kernel SIGTERMs it when its parent dies.
 
     If the parent is killed hard (SIGKILL, a crash), no child is left behind
-    holding a port or the data dir's lock.
+    holding a port or the data dir's lock. util-linux's setpriv sets
+    PR_SET_PDEATHSIG and execs the command (same pid, so "parent" stays us).
+    Not a preexec_fn: that forces fork() instead of vfork(), and grpcio >= 1.80
+    crashes a forked child of a process with live channels (grpc issue 43055).
     """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return list(argv)
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 class ChildError(RuntimeError):
@@ -62,7 +65,7 @@ class Child:
             self._log_handle = self._log_file.open("ab")
             stderr = self._log_handle
         self.process = await asyncio.create_subprocess_exec(
-            *self._argv,
+            *dies_with_parent(self._argv),
             env=self._env,
             stdin=subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -70,7 +73,6 @@ class Child:
             # Own session: Ctrl-C reaches only the supervisor, which stops the
             # children in order (edge, service, emulator, then mongod).
             start_new_session=True,
-            preexec_fn=die_with_parent,  # only calls prctl: safe between fork and exec
         )
         assert self.process.stdout is not None
         try:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from service.children import die_with_parent
+from service.children import dies_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +76,13 @@ class EmbeddedMongo:
         if self._ttl_monitor_seconds is not None:
             args += ["--setParameter", f"ttlMonitorSleepSecs={self._ttl_monitor_seconds}"]
         self._process = await asyncio.create_subprocess_exec(
-            *args,
+            *dies_with_parent(args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             # Own session: a Ctrl-C in the terminal must not stop mongod before
             # the service has drained; stop() does that, last.
             start_new_session=True,
-            preexec_fn=die_with_parent,  # only calls prctl: safe between fork and exec
         )
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_seconds

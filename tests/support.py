@@ -15,7 +15,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from service.children import LISTENING, die_with_parent
+from service.children import LISTENING, dies_with_parent
 
 APP_A = "wxtest0000000000aa"
 APP_B = "wxtest0000000000bb"
@@ -93,13 +93,11 @@ async def child(
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """Run `python -m ...` and yield it with the port from its 'listening on' line."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        *module_args,
+        # A killed test run leaves no emulator or service behind.
+        *dies_with_parent([sys.executable, "-m", *module_args]),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
-        preexec_fn=die_with_parent,  # a killed test run leaves no emulator behind
     )
     try:
         assert process.stdout is not None
