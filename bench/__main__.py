@@ -1,0 +1,76 @@
+"""`python -m bench [--smoke] [--out DIR] [--profile]`: run the benchmarks, write the results."""
+
+from __future__ import annotations
+
+import os
+
+# The bench forks load generators from a process that also runs gRPC clients; grpc's
+# fork handlers would only log that they are skipped. Must be set before grpc loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import argparse
+import asyncio
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from bench import report
+from bench.loadgen import ToolMissing
+from bench.plan import FULL, SMOKE
+from bench.run import new_workdir, run
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds per scenario; results go to a temp dir"
+    )
+    parser.add_argument("--out", type=Path, help="results dir (default: bench/results)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also run each scenario once under py-spy"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, bodies)")
+    args = parser.parse_args(argv)
+
+    plan = replace(SMOKE if args.smoke else FULL, profile=args.profile)
+    out = args.out or (new_workdir() / "results" if args.smoke else RESULTS)
+    workdir = new_workdir()
+    try:
+        results = asyncio.run(run(plan, workdir, _log))
+    except ToolMissing as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    except BaseException:
+        print(f"bench: failed; logs kept in {workdir}", file=sys.stderr)
+        raise
+    paths = report.write(results, out)
+    if out.resolve() == RESULTS and not args.smoke:
+        report.update_readme(HERE / "README.md", results)
+
+    print()
+    print(report.markdown(results))
+    for target in results["targets"]:
+        print(f"{target['result']:<4}  {target['text']}  ({report.target_value(target)})")
+    print(f"\nresults: {paths['json']}, {paths['markdown']}, {paths['chart']}")
+    if results["problems"]:
+        print(f"bench: FAILED, logs kept in {workdir}:", file=sys.stderr)
+        for problem in results["problems"]:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    if args.keep:
+        print(f"work dir kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

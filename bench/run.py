@@ -1,0 +1,210 @@
+"""One benchmark run, start to finish: stacks and baselines up, every scenario, results out."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from bench import loadgen, procstat, scenarios
+from bench.check import Expect
+from bench.fixtures import Emulator, Fixtures, login, prepare, require_ok
+from bench.plan import Cores, Plan
+from bench.rig import Rig
+from bench.targets import evaluate
+from service.children import Child
+from service.devstack import DevStack
+from wxlogin.v1 import auth_pb2
+
+
+def _stack(workdir: Path, number: int, processes: int, *, edge: bool) -> DevStack:
+    """A dev stack on free ports with its own data and logs (emulator at zero latency)."""
+    return DevStack(
+        workdir / f"stack-{number}",
+        emulator_listen="127.0.0.1:0",
+        grpc_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        service_processes=processes,
+        with_edge=edge,
+        log_dir=workdir / f"logs-{number}",
+    )
+
+
+def _adopt(rig: Rig, stack: DevStack, suffix: str = "") -> None:
+    """Know the stack's processes by name; mongod is not a Child, so find it as ours."""
+    for child in stack.children:
+        assert child.process is not None
+        rig.processes[child.name + suffix] = child.process.pid
+    known = set(rig.processes.values())
+    for pid, command in procstat.child_pids(os.getpid()).items():
+        if command == "mongod" and pid not in known:
+            rig.processes["mongod" + suffix] = pid
+
+
+async def _bare(rig: Rig, exits: AsyncExitStack, kind: str, canned: Path) -> str:
+    """Start a bare baseline (`python -m bench.baselines`); its host:port."""
+    child = Child(
+        f"bare-{kind}",
+        ["bench.baselines", kind, "--canned", str(canned)],
+        os.environ,
+        log_file=rig.workdir / "logs-1" / f"bare-{kind}.log",
+    )
+    exits.push_async_callback(child.stop)
+    port = await child.start()
+    assert child.process is not None
+    rig.processes[child.name] = child.process.pid
+    return f"127.0.0.1:{port}"
+
+
+async def _scenarios(
+    rig: Rig, stack: DevStack, fixtures: Fixtures, bare_grpc: str, bare_http: str
+) -> list[dict[str, Any]]:
+    emulator = Emulator(stack.emulator_url, rig.http)
+    budget = scenarios.CodeBudget()
+    target, requests = stack.grpc_target, fixtures.grpc_requests
+    done = []
+    for key, title, method, expect in (
+        ("check_valid", "CheckSession, valid token", "CheckSession", Expect()),
+        ("check_unknown", "CheckSession, unknown token", "CheckSession", scenarios.UNKNOWN),
+        ("decrypt", "DecryptUserData", "DecryptUserData", Expect()),
+    ):
+        done.append(
+            await scenarios.grpc_fixed(
+                rig,
+                key=key,
+                title=title,
+                method=method,
+                request=requests[key],
+                expect=expect,
+                target=target,
+                bare=bare_grpc,
+            )
+        )
+    done.append(await scenarios.grpc_login(rig, emulator, budget, target=target, bare=bare_grpc))
+    if stack.edge_url:
+        bare = f"http://{bare_http}"
+        done.append(
+            await scenarios.edge_session(rig, token=fixtures.token, edge=stack.edge_url, bare=bare)
+        )
+        done.append(
+            await scenarios.edge_login(rig, emulator, budget, edge=stack.edge_url, bare=bare)
+        )
+    return done
+
+
+async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
+    """A second stack with two service processes on one port, compared with the first."""
+    async with _stack(rig.workdir, 2, 2, edge=False) as second:
+        _adopt(rig, second, "@2")
+        rig.arrange([])  # off the server core until measured
+        setups = []
+        for stack, names in ((first, ["service-1"]), (second, ["service-1@2", "service-2@2"])):
+            emulator = Emulator(stack.emulator_url, rig.http)
+            async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+                token, _ = await login(channel, await emulator.code("bench-scaling"))
+            request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+            setups.append((stack.grpc_target, request, names))
+        return await scenarios.scaling(rig, setups[0], setups[1])
+
+
+async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run every scenario of `plan`; the results, with targets and problems, for the report."""
+    started = datetime.now(UTC)
+    tools = loadgen.require_tools()
+    cores = Cores.detect()
+    loadgen.write_wrk_script(workdir)
+    log(f"wxlogin bench ({plan.name}); work dir {workdir}")
+    if cores.pinned:
+        os.sched_setaffinity(0, cores.load)  # the bench itself stays off the server core
+    results: dict[str, Any] = {}
+    idle = await procstat.wait_until_quiet(plan.foreign_limit, plan.quiet_wait, log)
+    async with AsyncExitStack() as exits:
+        http = await exits.enter_async_context(aiohttp.ClientSession())
+        rig = Rig(plan, cores, workdir, http, log)
+        stack = await exits.enter_async_context(_stack(workdir, 1, 1, edge=True))
+        _adopt(rig, stack)
+        if not stack.edge_url:
+            rig.problems.append("the edge (clients.edge) is not importable: no edge scenarios")
+        rig.arrange(["service-1"])
+        fixtures = await prepare(
+            stack.grpc_target, stack.edge_url, Emulator(stack.emulator_url, http), http
+        )
+        require_ok(fixtures)
+        canned = workdir / "canned.json"
+        canned.write_text(fixtures.canned_json())
+        bare_grpc = await _bare(rig, exits, "grpc", canned)
+        bare_http = await _bare(rig, exits, "http", canned)
+        rig.arrange(["service-1"])
+
+        log("memory: CheckSession with a valid token")
+        results["rss"] = await scenarios.rss_growth(
+            rig, target=stack.grpc_target, request=fixtures.grpc_requests["check_valid"]
+        )
+        log("scenarios, each beside its baseline")
+        results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)
+        log("scaling: 1 and 2 service processes")
+        results["scaling"] = await _scaling(rig, stack)
+    finished = datetime.now(UTC)
+    results["meta"] = {
+        "plan": asdict(plan),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "wall_seconds": round((finished - started).total_seconds(), 1),
+        "machine": machine(tools),
+        "cores": {"server": list(cores.server), "load": list(cores.load)},
+        "busy_cores_before_start": round(idle, 3),
+    }
+    results["targets"] = evaluate(results, plan)
+    results["problems"] = rig.problems
+    results["warnings"] = rig.warnings
+    log(f"done in {results['meta']['wall_seconds']:.0f} s")
+    return results
+
+
+def machine(tools: Mapping[str, str]) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str] = {}
+    for tool in tools:
+        try:
+            out = subprocess.run(
+                [tool, "--version" if tool == "h2load" else "-v"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            versions[tool] = (out.stdout or out.stderr).strip().splitlines()[0].split(" [")[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            versions[tool] = f"{tool} (version unknown)"
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "aiohttp": aiohttp.__version__,
+        **versions,
+    }
+
+
+def new_workdir() -> Path:
+    """Scratch space for one run: bodies, logs, the stacks' data."""
+    return Path(tempfile.mkdtemp(prefix="wxlogin-bench-"))

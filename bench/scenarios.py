@@ -1,0 +1,416 @@
+"""The scenarios, each against its baseline: how it is driven, what is checked, what is kept.
+
+| key           | load                                    | under test | baseline      |
+|---------------|-----------------------------------------|------------|---------------|
+| check_valid   | h2load, one CheckSession body           | service    | bare grpc.aio |
+| check_unknown | h2load, one CheckSession body           | service    | bare grpc.aio |
+| decrypt       | h2load, one DecryptUserData body        | service    | bare grpc.aio |
+| login         | bench.driver, one fresh code per call   | service    | bare grpc.aio |
+| edge_session  | wrk, GET /v1/session with a bearer      | edge       | bare aiohttp  |
+| edge_login    | wrk + Lua, one fresh code per request   | edge       | bare aiohttp  |
+
+Plus two measurements without a baseline: service RSS over 200k CheckSession calls, and
+CheckSession throughput with one and with two service processes sharing the port.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import loadgen, procstat
+from bench.baselines import grpc_path
+from bench.check import CheckResult, Expect, grpc_sample, http_sample
+from bench.driver import write_bodies
+from bench.fixtures import AUTH, Emulator, login_json, login_request
+from bench.grpc_body import frame
+from bench.loadgen import LoadResult
+from bench.profile import profile_process
+from bench.rig import Rig, Runner, Side
+
+UNKNOWN = Expect(grpc.StatusCode.UNAUTHENTICATED, "SESSION_INVALID")
+# Codes are minted for this many times the expected number of logins, so a run never
+# runs dry; the expected rate starts high and is updated from each Login run.
+CODE_MARGIN = 1.3
+
+
+def body_file(rig: Rig, name: str, request: bytes) -> Path:
+    """`request` framed for `h2load -d`."""
+    path = rig.workdir / f"{name}.grpc"
+    path.write_bytes(frame(request))
+    return path
+
+
+def h2load(rig: Rig, url: str, body: Path, *, pinned: bool = True) -> Runner:
+    """The plan's h2load run: warm-up, then measured seconds, on the load cores if `pinned`."""
+    plan = rig.plan
+
+    async def run() -> LoadResult:
+        return await loadgen.h2load(
+            url,
+            body,
+            clients=plan.clients,
+            streams=plan.streams,
+            workdir=rig.workdir,
+            duration=plan.duration,
+            warmup=plan.warmup,
+            cpus=rig.cores.load if pinned else None,
+        )
+
+    return run
+
+
+async def profile(rig: Rig, key: str, runner: Runner, process: str = "service-1") -> None:
+    """One extra, unmeasured run with py-spy on the process under test (with --profile)."""
+    if not rig.plan.profile:
+        return
+    rig.arrange([process])
+    rig.profiles[key] = await profile_process(
+        rig.processes[process],
+        runner,
+        rig.workdir / f"profile-{key}",
+        rig.cores.load,
+        delay=rig.plan.warmup,
+        seconds=rig.plan.duration,
+    )
+    rig.log(f"  {key:<14} profiled")
+
+
+async def grpc_fixed(
+    rig: Rig,
+    *,
+    key: str,
+    title: str,
+    method: str,
+    request: bytes,
+    expect: Expect,
+    target: str,
+    bare: str,
+) -> dict[str, Any]:
+    """A gRPC scenario whose every request may be the same bytes: h2load on both sides."""
+    plan = rig.plan
+    body = body_file(rig, key, request)
+    subject = h2load(rig, f"http://{target}{AUTH}{method}", body)
+    await profile(rig, key, subject)
+
+    async def check() -> CheckResult:
+        return await grpc_sample(target, AUTH + method, [request], expect, samples=plan.samples)
+
+    async def baseline_check() -> CheckResult:
+        return await grpc_sample(bare, grpc_path(key), [request], expect, samples=plan.samples // 4)
+
+    return await rig.compare(
+        key=key,
+        title=title,
+        driven_by=f"h2load -c{plan.clients} -m{plan.streams}, one pre-encoded body",
+        subject=subject,
+        subject_processes=["service-1"],
+        baseline=h2load(rig, f"http://{bare}{grpc_path(key)}", body),
+        baseline_process="bare-grpc",
+        check=check,
+        baseline_check=baseline_check,
+    )
+
+
+class CodeBudget:
+    """How many single-use codes a run needs: expected logins/s, learnt from the last run."""
+
+    def __init__(self, expected_rate: float = 3000.0) -> None:
+        self.rate = expected_rate
+
+    def codes(self, seconds: float) -> int:
+        return max(200, math.ceil(self.rate * seconds * CODE_MARGIN))
+
+    def learn(self, result: LoadResult) -> None:
+        # Generous on purpose: a busy moment in one run must not starve the next, and
+        # running out is an error, while a spare code costs a fraction of a millisecond.
+        self.rate = max(result.rps * 2, 1000.0)
+
+
+async def grpc_login(
+    rig: Rig, emulator: Emulator, budget: CodeBudget, *, target: str, bare: str
+) -> dict[str, Any]:
+    """Login with fresh codes: bench.driver, because h2load sends one body for every call.
+
+    The baseline is still h2load against the bare server (one LoginRequest body): that is
+    the same yardstick every gRPC scenario uses. The driver's own ceiling, measured against
+    the same bare server, is recorded to show it is not what limits Login.
+    """
+    plan = rig.plan
+    bodies = rig.workdir / "login.bodies"
+
+    async def mint() -> None:
+        codes = await emulator.codes(budget.codes(plan.warmup + plan.duration))
+        write_bodies(bodies, [login_request(code) for code in codes])
+
+    async def drive() -> LoadResult:
+        result = await loadgen.driver(
+            target,
+            AUTH + "Login",
+            bodies,
+            channels=plan.clients,
+            streams=plan.streams,
+            duration=plan.duration,
+            warmup=plan.warmup,
+            cpus=rig.cores.load,
+        )
+        budget.learn(result)
+        return result
+
+    async def subject() -> LoadResult:
+        # Minting is outside the measured window: the driver reports its own window.
+        await mint()
+        return await drive()
+
+    async def check() -> CheckResult:
+        bodies = [login_request(code) for code in await emulator.codes(plan.samples)]
+        return await grpc_sample(target, AUTH + "Login", bodies, Expect(), samples=plan.samples)
+
+    placeholder = login_request("placeholder-the-bare-server-never-reads")
+
+    async def baseline_check() -> CheckResult:
+        return await grpc_sample(
+            bare, grpc_path("login"), [placeholder], Expect(), samples=plan.samples // 4
+        )
+
+    if plan.profile:
+        await mint()  # before py-spy starts, so that it samples logins only
+        await profile(rig, "login", drive)
+    entry = await rig.compare(
+        key="login",
+        title="Login, fresh codes",
+        driven_by=(
+            f"bench.driver {plan.clients} conn x {plan.streams} streams, a fresh code per call; "
+            "baseline: h2load"
+        ),
+        subject=subject,
+        subject_processes=["service-1", "emulator", "mongod"],
+        baseline=h2load(
+            rig, f"http://{bare}{grpc_path('login')}", body_file(rig, "login", placeholder)
+        ),
+        baseline_process="bare-grpc",
+        check=check,
+        baseline_check=baseline_check,
+    )
+    stand_ins = CodeBudget(20_000).codes(plan.warmup + plan.duration)
+    ceiling = await loadgen.driver(
+        bare,
+        grpc_path("login"),
+        write_bodies(
+            rig.workdir / "ceiling.bodies", [login_request(f"c{i}") for i in range(stand_ins)]
+        ),
+        channels=plan.clients,
+        streams=plan.streams,
+        duration=plan.duration,
+        warmup=plan.warmup,
+        cpus=rig.cores.load,
+    )
+    entry["driver_ceiling_rps"] = round(ceiling.rps, 1)
+    rig.log(f"  login          bench.driver against the bare server: {ceiling.rps:9.1f} req/s")
+    return entry
+
+
+def wrk_warm_then_measure(rig: Rig, url: str, **options: Any) -> Runner:
+    """wrk has no warm-up option: a short unmeasured run first, then the measured one."""
+    plan = rig.plan
+
+    async def run() -> LoadResult:
+        for seconds in (plan.warmup, plan.duration):
+            result = await loadgen.wrk(
+                url,
+                rig.workdir / "bench.lua",
+                connections=plan.connections,
+                duration=seconds,
+                cpus=rig.cores.load,
+                **options,
+            )
+        return result
+
+    return run
+
+
+async def edge_session(rig: Rig, *, token: str, edge: str, bare: str) -> dict[str, Any]:
+    """edge GET /v1/session with a valid bearer token: wrk repeating one request."""
+    plan = rig.plan
+    bearer = f"Authorization: Bearer {token}"
+    subject = wrk_warm_then_measure(rig, edge + "/v1/session", headers=[bearer])
+    await profile(rig, "edge_session", subject, "edge")
+
+    async def check() -> CheckResult:
+        headers = {"Authorization": f"Bearer {token}"}
+        return await http_sample(
+            rig.http, "GET", edge + "/v1/session", headers=headers, samples=plan.samples
+        )
+
+    async def baseline_check() -> CheckResult:
+        return await http_sample(rig.http, "GET", bare + "/v1/session", samples=plan.samples // 4)
+
+    return await rig.compare(
+        key="edge_session",
+        title="edge GET /v1/session",
+        driven_by=f"wrk -c{plan.connections}, HTTP/1.1 keep-alive",
+        subject=subject,
+        subject_processes=["edge", "service-1"],
+        baseline=wrk_warm_then_measure(rig, bare + "/v1/session", headers=[bearer]),
+        baseline_process="bare-http",
+        check=check,
+        baseline_check=baseline_check,
+    )
+
+
+async def edge_login(
+    rig: Rig, emulator: Emulator, budget: CodeBudget, *, edge: str, bare: str
+) -> dict[str, Any]:
+    """edge POST /v1/login with fresh codes: wrk + Lua sending each pre-minted code once."""
+    plan = rig.plan
+
+    async def codes_file(name: str, seconds: float) -> Path:
+        codes = await emulator.codes(budget.codes(seconds))
+        path = rig.workdir / name
+        path.write_bytes(b"\n".join(login_json(code) for code in codes) + b"\n")
+        return path
+
+    async def subject() -> LoadResult:
+        # Minted before either wrk run starts: minting loads the emulator and mongod's core.
+        files = [
+            await codes_file("edge-warm.json", max(1.0, plan.warmup)),
+            await codes_file("edge-login.json", plan.duration),
+        ]
+        for path, seconds in zip(files, (plan.warmup, plan.duration), strict=True):
+            result = await loadgen.wrk(
+                edge + "/v1/login",
+                rig.workdir / "bench.lua",
+                connections=plan.connections,
+                duration=seconds,
+                bodies=path,
+                path="/v1/login",
+                cpus=rig.cores.load,
+            )
+        return result
+
+    # The bare handler ignores the body: the same script cycles through stand-in codes.
+    stand_ins = rig.workdir / "bare-login.json"
+    stand_ins.write_bytes(b"\n".join(login_json(f"code-{i:06d}") for i in range(1000)) + b"\n")
+
+    async def check() -> CheckResult:
+        bodies = [login_json(code) for code in await emulator.codes(plan.samples)]
+        return await http_sample(
+            rig.http,
+            "POST",
+            edge + "/v1/login",
+            headers={"Content-Type": "application/json"},
+            bodies=bodies,
+            samples=plan.samples,
+        )
+
+    async def baseline_check() -> CheckResult:
+        return await http_sample(
+            rig.http,
+            "POST",
+            bare + "/v1/login",
+            bodies=[login_json("x")],
+            samples=plan.samples // 4,
+        )
+
+    return await rig.compare(
+        key="edge_login",
+        title="edge POST /v1/login, fresh codes",
+        driven_by=f"wrk -c{plan.connections} + Lua, a pre-minted code per request",
+        subject=subject,
+        subject_processes=["edge", "service-1", "emulator", "mongod"],
+        baseline=wrk_warm_then_measure(
+            rig, bare + "/v1/login", bodies=stand_ins, path="/v1/login", cycle=True
+        ),
+        baseline_process="bare-http",
+        check=check,
+        baseline_check=baseline_check,
+    )
+
+
+async def rss_growth(rig: Rig, *, target: str, request: bytes) -> dict[str, Any]:
+    """Service RSS after its first rss_first CheckSession calls, and after rss_total."""
+    plan = rig.plan
+    rig.arrange(["service-1"])
+    body = body_file(rig, "rss", request)
+    pid = rig.processes["service-1"]
+    readings = []
+    for count in (plan.rss_first, plan.rss_total - plan.rss_first):
+        result = await loadgen.h2load(
+            f"http://{target}{AUTH}CheckSession",
+            body,
+            clients=plan.clients,
+            streams=plan.streams,
+            workdir=rig.workdir,
+            requests=count,
+            cpus=rig.cores.load,
+        )
+        if result.failed or result.bad_status or result.requests != count:
+            rig.problems.append(f"rss: {result.requests} of {count} calls succeeded")
+        readings.append(procstat.rss_bytes(pid))
+    first, last = readings
+    growth = last / first - 1
+    rig.log(
+        f"  rss            {first / procstat.MIB:.1f} MiB after {plan.rss_first:,} calls, "
+        f"{last / procstat.MIB:.1f} MiB after {plan.rss_total:,} ({growth:+.1%})"
+    )
+    return {
+        "calls_first": plan.rss_first,
+        "calls_total": plan.rss_total,
+        "rss_after_first_mib": round(first / procstat.MIB, 1),
+        "rss_after_total_mib": round(last / procstat.MIB, 1),
+        "growth": round(growth, 4),
+    }
+
+
+async def scaling(
+    rig: Rig,
+    one: tuple[str, bytes, list[str]],
+    two: tuple[str, bytes, list[str]],
+) -> dict[str, Any]:
+    """CheckSession (valid token) on 1 and on 2 service processes, alternating rounds.
+
+    Each setup is (gRPC target, CheckSession request, its service processes' names).
+    Nothing is pinned: the service processes and h2load share the whole machine. (Pinning
+    one process per core cannot be done fairly on two cores: h2load needs one too.)
+    """
+    plan = rig.plan
+    setups = {"1": one, "2": two}
+    sides = {"1": Side(), "2": Side()}
+    for _, _, names in setups.values():
+        rig.unpin(names)
+    bodies = {side: body_file(rig, f"scaling-{side}", setup[1]) for side, setup in setups.items()}
+    for number in range(plan.rounds):
+        for side in ("1", "2") if number % 2 == 0 else ("2", "1"):
+            target, _, names = setups[side]
+            url = f"http://{target}{AUTH}CheckSession"
+            label = f"scaling {side} round {number + 1}"
+            measured = await rig.measure(h2load(rig, url, bodies[side], pinned=False), names, label)
+            sides[side].add(measured)
+            rig.log(
+                f"  scaling        {side} process(es), round {number + 1}: "
+                f"{measured.result.rps:9.1f} req/s"
+            )
+    summaries = {side: sides[side].summary() for side in setups}
+    checks = {}
+    for side, (target, request, _) in setups.items():
+        checked = await grpc_sample(
+            target, AUTH + "CheckSession", [request], Expect(), samples=plan.samples
+        )
+        checks[side] = checked.as_json()
+        summary = summaries[side]
+        if summary["failed"] or summary["bad_status"] or not summary["requests"]:
+            rig.problems.append(f"scaling {side}: {summary['failed']} failed")
+        if checked.errors or not checked.sampled:
+            rig.problems.append(f"scaling {side} check: {checked.first_error}")
+    one_rps = summaries["1"]["rps"]
+    return {
+        "scenario": "check_valid",
+        "pinning": "none: the service processes and h2load share every core",
+        "processes_1": summaries["1"],
+        "processes_2": summaries["2"],
+        "speedup": round(summaries["2"]["rps"] / one_rps, 3) if one_rps else 0.0,
+        "checks": checks,
+    }

@@ -1,0 +1,96 @@
+"""The first performance targets (issue 4), checked against one run's results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bench.plan import Plan
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target: a measured value, how it compares, and the threshold."""
+
+    key: str
+    text: str
+    measure: Callable[[Mapping[str, Any]], float | None]
+    threshold: float
+    at_most: bool = False  # True: the value must not exceed the threshold
+    unit: str = "x"
+
+
+def _scenario(results: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    return next((s for s in results.get("scenarios", ()) if s["key"] == key), None)
+
+
+def _ratio(key: str) -> Callable[[Mapping[str, Any]], float | None]:
+    def measure(results: Mapping[str, Any]) -> float | None:
+        scenario = _scenario(results, key)
+        return None if scenario is None else float(scenario["ratio"])
+
+    return measure
+
+
+def _p99(key: str) -> Callable[[Mapping[str, Any]], float | None]:
+    def measure(results: Mapping[str, Any]) -> float | None:
+        scenario = _scenario(results, key)
+        return None if scenario is None else float(scenario["subject"]["p99_ms"])
+
+    return measure
+
+
+def _rss_growth(results: Mapping[str, Any]) -> float | None:
+    rss = results.get("rss")
+    return None if rss is None else float(rss["growth"])
+
+
+TARGETS = (
+    Target(
+        "check_valid_ratio", "CheckSession >= 0.60 x bare grpc.aio", _ratio("check_valid"), 0.60
+    ),
+    Target("check_valid_p99", "CheckSession p99 <= 20 ms", _p99("check_valid"), 20.0, True, " ms"),
+    Target("decrypt_ratio", "DecryptUserData >= 0.50 x bare grpc.aio", _ratio("decrypt"), 0.50),
+    Target("login_ratio", "Login >= 0.30 x bare grpc.aio", _ratio("login"), 0.30),
+    Target(
+        "edge_session_ratio",
+        "edge GET /v1/session >= 0.40 x bare aiohttp",
+        _ratio("edge_session"),
+        0.40,
+    ),
+    Target(
+        "rss_growth",
+        "RSS after 200k CheckSession <= 1.10 x RSS after 10k",
+        _rss_growth,
+        0.10,
+        True,
+        "",
+    ),
+)
+
+
+def evaluate(results: Mapping[str, Any], plan: Plan) -> list[dict[str, Any]]:
+    """PASS/MISS per target; a target whose scenario did not run is a MISS."""
+    verdicts = []
+    for target in TARGETS:
+        value = target.measure(results)
+        if value is None:
+            passed = False
+        elif target.at_most:
+            passed = value <= target.threshold
+        else:
+            passed = value >= target.threshold
+        verdicts.append(
+            {
+                "key": target.key,
+                "text": target.text,
+                "value": value,
+                "threshold": target.threshold,
+                "at_most": target.at_most,
+                "unit": target.unit,
+                "concurrency": plan.concurrency,
+                "result": "PASS" if passed else "MISS",
+            }
+        )
+    return verdicts

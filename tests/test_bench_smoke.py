@@ -1,0 +1,55 @@
+"""`python -m bench --smoke` still runs end to end, so the benchmarks cannot silently rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCENARIOS = {"check_valid", "check_unknown", "decrypt", "login", "edge_session", "edge_login"}
+
+
+def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
+    """Every scenario and baseline answers, sampled real-client checks see no error."""
+    missing = [tool for tool in ("h2load", "wrk") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(
+            f"{' and '.join(missing)} not installed: the bench needs them "
+            "(apt-get update && apt-get install -y nghttp2-client wrk, or `make bench` once)"
+        )
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 0, f"bench --smoke failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert not results["problems"]
+    by_key = {scenario["key"]: scenario for scenario in results["scenarios"]}
+    assert set(by_key) == SCENARIOS
+    for key, scenario in by_key.items():
+        assert scenario["subject"]["rps"] > 0, key
+        assert scenario["baseline"]["rps"] > 0, key
+        assert scenario["ratio"] > 0, key
+        assert scenario["check"]["sampled"] > 0, key
+        assert scenario["check"]["errors"] == 0, (key, scenario["check"]["first_error"])
+        assert scenario["baseline_check"]["errors"] == 0, key
+        assert 0 < scenario["subject"]["p50_ms"] <= scenario["subject"]["p99_ms"], key
+    assert results["rss"]["rss_after_first_mib"] > 0
+    assert results["scaling"]["processes_1"]["rps"] > 0
+    assert results["scaling"]["processes_2"]["rps"] > 0
+    assert {target["result"] for target in results["targets"]} <= {"PASS", "MISS"}
+    assert len(results["targets"]) == 6
+    assert (tmp_path / "latest.md").read_text().count("|") > 50
+    assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")
