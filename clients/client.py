@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients._errors import DeadlineExceeded, WxLoginError, from_rpc_error
 from clients._models import LoginResult, Session, User, UserData
+from clients.session_cache import SessionCache
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 Req = TypeVar("Req")
@@ -97,12 +98,16 @@ class WxLoginClient:
         deadlines: Deadlines | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        session_cache: SessionCache | None = None,
     ) -> None:
         self._stub = auth_pb2_grpc.AuthServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
         self.deadlines = deadlines or Deadlines()
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        # Opt-in (see clients/session_cache.py): answers check_session from memory
+        # for a few seconds, never past a session's expires_at.
+        self.session_cache = session_cache
 
     async def login(
         self, code: str, *, app_id: str = "", request_id: str | None = None
@@ -124,6 +129,10 @@ class WxLoginClient:
 
     async def check_session(self, token: str, *, request_id: str | None = None) -> Session:
         """The user and expiry behind a token; SessionInvalid or SessionExpired otherwise."""
+        if self.session_cache is not None:
+            cached = self.session_cache.get(token)
+            if cached is not None:
+                return cached
         reply = await self._call(
             self._stub.CheckSession,
             auth_pb2.CheckSessionRequest(token=token),
@@ -131,7 +140,10 @@ class WxLoginClient:
             idempotent=True,
             request_id=request_id,
         )
-        return Session(user=_user(reply.user), expires_at=_datetime(reply.expires_at))
+        session = Session(user=_user(reply.user), expires_at=_datetime(reply.expires_at))
+        if self.session_cache is not None:
+            self.session_cache.put(token, session)
+        return session
 
     async def decrypt_user_data(
         self,
@@ -162,6 +174,8 @@ class WxLoginClient:
 
     async def revoke_session(self, token: str, *, request_id: str | None = None) -> None:
         """End a session now (log out); unknown and already revoked tokens are fine."""
+        if self.session_cache is not None:
+            self.session_cache.drop(token)
         await self._call(
             self._stub.RevokeSession,
             auth_pb2.RevokeSessionRequest(token=token),

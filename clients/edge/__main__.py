@@ -20,7 +20,8 @@ async def serve(config: EdgeConfig) -> None:
     # Installed before binding: a signal right after the listening line still stops cleanly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with serving(init_app(config.upstream), config.host, config.port) as port:
+    app = init_app(config.upstream, session_cache_seconds=config.session_cache_seconds)
+    async with serving(app, config.host, config.port) as port:
         # The one stdout line: the dev stack and the tests read the port from it.
         print(f"edge listening on http://{config.url_host}:{port}", flush=True)
         logging.getLogger("edge").info("calling wxlogin at %s", config.upstream)

@@ -25,6 +25,7 @@ from clients._errors import (
 from clients._models import User
 from clients.client import Deadlines, RetryPolicy, WxLoginClient, is_request_id, open_channel
 from clients.edge.http_errors import MethodNotAllowed, NotFound, PayloadTooLarge, error_response
+from clients.session_cache import SessionCache
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,15 @@ def init_app(
     deadlines: Deadlines | None = None,
     retry: RetryPolicy | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    session_cache_seconds: float = 0.0,
 ) -> web.Application:
     """The edge for a gRPC target (channel opened and closed with the app) or a shared channel."""
     app = web.Application(
         middlewares=[_request_id, _errors_as_json], client_max_size=max_body_bytes
     )
     app[OPENAPI] = resources.files(__package__).joinpath("openapi.json").read_bytes()
-    app.cleanup_ctx.append(_upstream_client(upstream, deadlines, retry))
+    cache = SessionCache(session_cache_seconds) if session_cache_seconds > 0 else None
+    app.cleanup_ctx.append(_upstream_client(upstream, deadlines, retry, cache))
     app.router.add_post("/v1/login", login)
     app.router.add_get("/v1/session", session, allow_head=False)
     app.router.add_post("/v1/user-data/decrypt", decrypt_user_data)
@@ -61,12 +64,17 @@ def init_app(
 
 
 def _upstream_client(
-    upstream: grpc.aio.Channel | str, deadlines: Deadlines | None, retry: RetryPolicy | None
+    upstream: grpc.aio.Channel | str,
+    deadlines: Deadlines | None,
+    retry: RetryPolicy | None,
+    cache: SessionCache | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         # One channel for every request: it multiplexes them over one HTTP/2 connection.
         channel = open_channel(upstream) if isinstance(upstream, str) else upstream
-        app[UPSTREAM] = WxLoginClient(channel, deadlines=deadlines, retry=retry)
+        app[UPSTREAM] = WxLoginClient(
+            channel, deadlines=deadlines, retry=retry, session_cache=cache
+        )
         try:
             yield
         finally:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_UPSTREAM = "127.0.0.1:50051"
+# The service itself caches for 5 s; 2 s here bounds a revoke-elsewhere at 7 s in all.
+DEFAULT_SESSION_CACHE_SECONDS = 2.0
 
 
 class ConfigError(ValueError):
@@ -26,6 +28,8 @@ class EdgeConfig:
     port: int = 8080
     upstream: str = DEFAULT_UPSTREAM
     log_level: str = "INFO"
+    # Seconds GET /v1/session may answer from memory (clients/session_cache.py); 0 = off.
+    session_cache_seconds: float = DEFAULT_SESSION_CACHE_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EdgeConfig:
@@ -36,6 +40,9 @@ class EdgeConfig:
             port,
             parse_target("WXLOGIN_UPSTREAM", env.get("WXLOGIN_UPSTREAM")),
             parse_log_level("WXLOGIN_LOG_LEVEL", env.get("WXLOGIN_LOG_LEVEL")),
+            parse_cache_seconds(
+                "WXLOGIN_EDGE_SESSION_CACHE", env.get("WXLOGIN_EDGE_SESSION_CACHE")
+            ),
         )
 
     @property
@@ -69,3 +76,16 @@ def parse_log_level(variable: str, value: str | None) -> str:
     if not isinstance(logging.getLevelName(level), int):
         raise ConfigError(variable, f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
     return level
+
+
+def parse_cache_seconds(variable: str, value: str | None) -> float:
+    """Seconds from 0 (off) to 60."""
+    if value is None or not value.strip():
+        return DEFAULT_SESSION_CACHE_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(variable, f"expected seconds, got {value!r}") from None
+    if not 0 <= seconds <= 60:
+        raise ConfigError(variable, f"must be between 0 and 60, got {value!r}")
+    return seconds

@@ -1,0 +1,73 @@
+"""An opt-in, short-lived memory of CheckSession answers for callers on a hot path.
+
+The edge answers `GET /v1/session` and backends authenticate every request; most
+of those ask about the same few tokens again and again. A cached answer is used
+for at most `max_age` seconds after wxlogin gave it, and never once the
+session's `expires_at` has passed. The price: a session revoked elsewhere stays
+accepted here for up to `max_age` seconds (a revoke through the same client
+drops it at once). Keys are SHA-256 digests, so the cache holds no token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from clients._models import Session
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SessionCache:
+    """Bounded LRU of token digest -> Session, with a freshness limit."""
+
+    def __init__(
+        self,
+        max_age: float = 2.0,
+        max_entries: int = 10_000,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.max_age = max_age
+        self._max_entries = max_entries
+        self._monotonic = monotonic
+        self._now = now
+        self._entries: OrderedDict[bytes, tuple[float, Session]] = OrderedDict()
+
+    @staticmethod
+    def _key(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def get(self, token: str) -> Session | None:
+        """A remembered session that is still fresh and not expired, else None."""
+        key = self._key(token)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        stored_at, session = entry
+        if self._monotonic() - stored_at > self.max_age or self._now() >= session.expires_at:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return session
+
+    def put(self, token: str, session: Session) -> None:
+        """Remember what wxlogin just said about a token."""
+        key = self._key(token)
+        self._entries[key] = (self._monotonic(), session)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def drop(self, token: str) -> None:
+        """Forget a token (revoked through this client)."""
+        self._entries.pop(self._key(token), None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
