@@ -90,6 +90,21 @@ async def test_mongodb_down_means_not_serving_and_store_unavailable(
         await mongo.stop()
 
 
+async def run_service_to_exit(env: dict[str, str]) -> tuple[int, str]:
+    """Run `python -m service` with `env` until it exits; its exit code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, err.decode()
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
@@ -109,17 +124,9 @@ async def test_bad_configuration_fails_with_one_line_naming_the_variable(
     service_env: dict[str, str], env: dict[str, str], variable: str
 ) -> None:
     """Bad configuration: exit 2 and exactly one line on stderr that names the variable."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        env={**os.environ, **service_env, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _out, err = await asyncio.wait_for(process.communicate(), 30)
-    lines = err.decode().strip().splitlines()
-    assert process.returncode == 2
+    returncode, err = await run_service_to_exit({**service_env, **env})
+    lines = err.strip().splitlines()
+    assert returncode == 2
     assert len(lines) == 1, lines
     assert variable in lines[0]
     assert "secret-a-123" not in lines[0]
@@ -140,19 +147,11 @@ async def test_configuration_found_bad_at_start_ends_with_a_line_naming_it(
     service_env: dict[str, str], env: dict[str, str], variable: str
 ) -> None:
     """A MongoDB that does not answer or an address we can't bind: exit 2, last line names it."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        env={**os.environ, **service_env, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(process.communicate(), 30)
-    last = err.decode().strip().splitlines()[-1]
-    assert process.returncode == 2
+    returncode, err = await run_service_to_exit({**service_env, **env})
+    last = err.strip().splitlines()[-1]
+    assert returncode == 2
     assert last.startswith("wxlogin: bad configuration: " + variable)
-    assert "pw@" not in err.decode()
+    assert "pw@" not in err
 
 
 async def test_sigterm_lets_an_in_flight_login_finish(
