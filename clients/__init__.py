@@ -27,6 +27,7 @@ from clients._errors import (
 )
 from clients._models import LoginResult, Session, User, UserData
 from clients.client import Deadlines, RetryPolicy, WxLoginClient, connect, open_channel
+from clients.session_cache import SessionCache
 
 __all__ = [
     "AppUnknown",
@@ -44,6 +45,7 @@ __all__ = [
     "RetryPolicy",
     "ServiceUnavailable",
     "Session",
+    "SessionCache",
     "SessionExpired",
     "SessionInvalid",
     "SignatureMismatch",

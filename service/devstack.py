@@ -180,6 +180,16 @@ async def _wait_serving(target: str, wait_seconds: float = 30.0) -> None:
             await asyncio.sleep(0.2)
 
 
+def _demo_command(stack: DevStack) -> str:
+    # `make demo` finds a stack only on the default ports; elsewhere, say where.
+    if stack.edge_url == "http://127.0.0.1:8080" and stack.emulator_url == "http://127.0.0.1:9090":
+        return "make demo"
+    return (
+        f".venv/bin/python -m clients.demo --edge {stack.edge_url} "
+        f"--emulator {stack.emulator_url} --app-id {DEV_APP}"
+    )
+
+
 def banner(stack: DevStack) -> str:
     """What `make run` prints once everything answers."""
     bar = "=" * 72
@@ -203,7 +213,7 @@ def banner(stack: DevStack) -> str:
         lines += [
             "",
             "  Try it (another terminal):",
-            "    make demo",
+            f"    {_demo_command(stack)}",
             f"    curl -s -XPOST {stack.emulator_url}/_dev/login "
             f'-d \'{{"appid":"{DEV_APP}","user":"alice"}}\'      # play wx.login()',
         ]

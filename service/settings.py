@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_GRPC_LISTEN = "127.0.0.1:50051"
-DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
 DEFAULT_SESSION_TTL = 7 * 24 * 3600
 # One day: long enough for a client that retries or queues the call, short enough

@@ -97,7 +97,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def assert_error(body: Any, code: str, reason: str) -> None:
-    """The JSON error body of DESIGN.md, with this code and reason."""
+    """The JSON error body of the contract (README "Errors"), with this code and reason."""
     assert set(body) == {"error"}
     assert set(body["error"]) == {"code", "reason", "message"}
     assert (body["error"]["code"], body["error"]["reason"]) == (code, reason)

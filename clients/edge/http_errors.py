@@ -71,7 +71,7 @@ def http_status(code: grpc.StatusCode, reason: str) -> int:
 
 
 def error_body(code: grpc.StatusCode, reason: str, message: str) -> dict[str, dict[str, str]]:
-    """The JSON error body of DESIGN.md."""
+    """The JSON error body of the contract (shared DESIGN.md, README "Errors")."""
     return {"error": {"code": code.name, "reason": reason, "message": message}}
 
 
