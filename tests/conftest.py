@@ -24,6 +24,7 @@ from service.app import RunningService, running_service
 from service.embedded_mongo import EmbeddedMongo
 from service.settings import Settings
 from service.store import connect
+from tests.edge_support import FakeUpstream, fake_upstream
 from tests.support import APPS, APPS_ENV, Emulator, child
 from wxlogin.v1 import auth_pb2_grpc
 
@@ -154,3 +155,10 @@ def service_env(mongod: str, emulator_url: str, tmp_path: Path) -> dict[str, str
         "WXLOGIN_WECHAT_API_BASE": emulator_url,
         "WXLOGIN_DATA_DIR": str(tmp_path / "data"),
     }
+
+
+@pytest_asyncio.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    """A scriptable fake AuthService on a real grpc.aio server (edge and client tests)."""
+    async with fake_upstream() as upstream:
+        yield upstream

@@ -116,3 +116,29 @@ async def child(
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+@dataclass(frozen=True)
+class Exited:
+    """How a `python -m ...` run ended."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_to_exit(
+    *module_args: str, env: Mapping[str, str] | None = None, wait: float = 30.0
+) -> Exited:
+    """Run `python -m MODULE ARGS...` until it exits; for start-up failures and one-shot tools."""
+    process = await asyncio.create_subprocess_exec(
+        *dies_with_parent([sys.executable, "-m", *module_args]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), wait)
+    assert process.returncode is not None
+    return Exited(
+        process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+    )

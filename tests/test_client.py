@@ -20,7 +20,6 @@ from tests.conftest import ServiceFactory
 from tests.edge_support import (
     Delay,
     FakeUpstream,
-    fake_upstream,
     free_port_target,
     ttl_monitor_paused,
 )
@@ -41,13 +40,6 @@ async def client(service: RunningService) -> AsyncIterator[WxLoginClient]:
     """A client of the real service."""
     async with connect(f"127.0.0.1:{service.port}", retry=QUICK_RETRY) as made:
         yield made
-
-
-@pytest_asyncio.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    """A scriptable fake AuthService on a real grpc.aio server."""
-    async with fake_upstream() as upstream:
-        yield upstream
 
 
 @pytest_asyncio.fixture

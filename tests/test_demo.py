@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-
 from service.app import RunningService
-from tests.support import APP_A, child
+from tests.support import APP_A, child, run_to_exit
 
 
 async def run_demo(*args: str) -> tuple[int, str]:
     """Run `python -m clients.demo ARGS` to completion; exit code and all output."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "clients.demo",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ},
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 90)
-    assert process.returncode is not None
-    return process.returncode, output.decode(errors="replace")
+    exited = await run_to_exit("clients.demo", *args, wait=90)
+    return exited.returncode, exited.stdout + exited.stderr
 
 
 async def test_demo_starts_its_own_stack_and_shows_every_step() -> None:

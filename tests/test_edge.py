@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,11 @@ from tests.conftest import ServiceFactory
 from tests.edge_support import (
     Delay,
     FakeUpstream,
-    fake_upstream,
     free_port_target,
     running_edge,
     ttl_monitor_paused,
 )
-from tests.support import APP_A, APP_B, APPS, Emulator, child
+from tests.support import APP_A, APP_B, APPS, Emulator, child, run_to_exit
 
 OPENAPI_PATH = Path(__file__).parent.parent / "clients" / "edge" / "openapi.json"
 QUICK_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.02)
@@ -63,13 +60,6 @@ async def edge(service: RunningService) -> AsyncIterator[str]:
     """The edge in-process, calling the real service; yields its base URL."""
     async with running_edge(f"127.0.0.1:{service.port}", retry=QUICK_RETRY) as url:
         yield url
-
-
-@pytest_asyncio.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    """A scriptable fake AuthService on a real grpc.aio server."""
-    async with fake_upstream() as upstream:
-        yield upstream
 
 
 @pytest_asyncio.fixture
@@ -541,18 +531,10 @@ async def test_edge_finishes_in_flight_requests_on_sigint(
 )
 async def test_bad_configuration_exits_2_naming_the_variable(variable: str, value: str) -> None:
     """A bad variable stops the edge at start with exit 2 and one line naming it."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "clients.edge",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, variable: value},
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
-    assert stdout == b""
-    lines = stderr.decode().strip().splitlines()
+    exited = await run_to_exit("clients.edge", env={variable: value})
+    assert exited.returncode == 2
+    assert exited.stdout == ""
+    lines = exited.stderr.strip().splitlines()
     assert len(lines) == 1
     assert variable in lines[0]
 
@@ -560,14 +542,8 @@ async def test_bad_configuration_exits_2_naming_the_variable(variable: str, valu
 async def test_port_in_use_exits_1(http: aiohttp.ClientSession) -> None:
     """Listening on a taken port fails at start with exit 1 and one line."""
     async with running_edge(free_port_target()) as taken:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "clients.edge",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "WXLOGIN_HTTP_LISTEN": taken.removeprefix("http://")},
+        exited = await run_to_exit(
+            "clients.edge", env={"WXLOGIN_HTTP_LISTEN": taken.removeprefix("http://")}
         )
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 1
-    assert stderr.decode().strip().startswith("edge: cannot start")
+    assert exited.returncode == 1
+    assert exited.stderr.strip().startswith("edge: cannot start")

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from emulator import init_app
+from tests.support import run_to_exit
 
 APP1, SECRET1 = "wxtest00000000001", "secret-one"
 APP2, SECRET2 = "wxtest00000000002", "secret-two"
@@ -460,17 +461,8 @@ async def test_cli_serves_and_stops_on_sigterm() -> None:
 )
 async def test_cli_bad_arguments_exit_2(args: list[str]) -> None:
     """A bad argument is one line on stderr and exit code 2, and never echoes a secret."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "emulator",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 10)
-    assert proc.returncode == 2
-    assert stdout == b""
-    assert len(stderr.decode().strip().splitlines()) == 1
-    assert b"topsecret" not in stderr
+    exited = await run_to_exit("emulator", *args, wait=10)
+    assert exited.returncode == 2
+    assert exited.stdout == ""
+    assert len(exited.stderr.strip().splitlines()) == 1
+    assert "topsecret" not in exited.stderr

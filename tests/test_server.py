@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import grpc
@@ -16,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from service.app import RunningService
 from service.embedded_mongo import EmbeddedMongo
 from tests.conftest import ServiceFactory
-from tests.support import APP_A, Emulator, child, error_info
+from tests.support import APP_A, Emulator, child, error_info, run_to_exit
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -90,21 +88,6 @@ async def test_mongodb_down_means_not_serving_and_store_unavailable(
         await mongo.stop()
 
 
-async def run_service_to_exit(env: dict[str, str]) -> tuple[int, str]:
-    """Run `python -m service` with `env` until it exits; its exit code and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, err.decode()
-
-
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
@@ -124,9 +107,9 @@ async def test_bad_configuration_fails_with_one_line_naming_the_variable(
     service_env: dict[str, str], env: dict[str, str], variable: str
 ) -> None:
     """Bad configuration: exit 2 and exactly one line on stderr that names the variable."""
-    returncode, err = await run_service_to_exit({**service_env, **env})
-    lines = err.strip().splitlines()
-    assert returncode == 2
+    exited = await run_to_exit("service", env={**service_env, **env})
+    lines = exited.stderr.strip().splitlines()
+    assert exited.returncode == 2
     assert len(lines) == 1, lines
     assert variable in lines[0]
     assert "secret-a-123" not in lines[0]
@@ -147,11 +130,11 @@ async def test_configuration_found_bad_at_start_ends_with_a_line_naming_it(
     service_env: dict[str, str], env: dict[str, str], variable: str
 ) -> None:
     """A MongoDB that does not answer or an address we can't bind: exit 2, last line names it."""
-    returncode, err = await run_service_to_exit({**service_env, **env})
-    last = err.strip().splitlines()[-1]
-    assert returncode == 2
+    exited = await run_to_exit("service", env={**service_env, **env})
+    last = exited.stderr.strip().splitlines()[-1]
+    assert exited.returncode == 2
     assert last.startswith("wxlogin: bad configuration: " + variable)
-    assert "pw@" not in err
+    assert "pw@" not in exited.stderr
 
 
 async def test_sigterm_lets_an_in_flight_login_finish(
