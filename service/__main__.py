@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from service import logs
 from service.app import running_service
 from service.embedded_mongo import EmbeddedMongoError
 from service.settings import ConfigError, Settings
@@ -37,11 +38,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(level)
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as error:

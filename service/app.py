@@ -69,6 +69,7 @@ async def running_service(
             raise ConfigError("WXLOGIN_MONGODB_URI", "not a valid MongoDB URI") from None
         stack.callback(mongo_client.close)
         store = Store(mongo_client[settings.database], SessionKeyCipher(settings.secret_key))
+        stack.push_async_callback(store.close)
         try:
             await store.ensure_indexes(settings.expired_session_retention)
         except StoreUnavailable:

@@ -19,7 +19,7 @@ from service.errors import (
     WatermarkExpired,
     WatermarkMismatch,
 )
-from service.store import SessionRecord, Store, UserRecord, utc_now_ms
+from service.store import NewLogin, SessionRecord, Store, UserRecord, utc_now_ms
 from service.wechat import WeChatClient
 
 log = logging.getLogger(__name__)
@@ -91,12 +91,20 @@ class Authenticator:
             raise BadRequest("code is too long to be a wx.login() code")
         wx = await self._wechat.code2session(app_id, code, deadline=deadline)
         now = self._now()
-        user, new_user = await self._store.upsert_user(app_id, wx.openid, wx.unionid, now)
         token = crypto.new_token()
-        record = await self._store.create_session(
-            crypto.token_id(token), user, wx.session_key, now, now + self._session_ttl
+        record, new_user = await self._store.save_login(
+            NewLogin(
+                app_id=app_id,
+                openid=wx.openid,
+                unionid=wx.unionid,
+                session_id=crypto.token_id(token),
+                session_key=wx.session_key,
+                created_at=now,
+                expires_at=now + self._session_ttl,
+            )
         )
         self._cache.put(record)
+        user = record.user
         log.info("login user_id=%s app_id=%s new_user=%s", user.user_id, app_id, new_user)
         return LoginResult(token, record.expires_at, user, new_user)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,21 +11,24 @@ from typing import Any
 
 from bson import Binary, ObjectId
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
-    DuplicateKeyError,
     PyMongoError,
     ServerSelectionTimeoutError,
 )
 
+from service.batching import GroupCommit
 from service.crypto import SessionKeyCipher
-from service.errors import InternalError, StoreUnavailable
+from service.errors import InternalError, StoreUnavailable, WxLoginError
 
 log = logging.getLogger(__name__)
 
 MotorDatabase = AsyncIOMotorDatabase[dict[str, Any]]
 MotorClient = AsyncIOMotorClient[dict[str, Any]]
+
+_DUPLICATE_KEY = 11000
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,22 @@ class SessionRecord:
 
     def __repr__(self) -> str:
         return f"SessionRecord(user_id={self.user.user_id!r}, expires_at={self.expires_at})"
+
+
+@dataclass(frozen=True)
+class NewLogin:
+    """A login to write: touch or create the user, open the session."""
+
+    app_id: str
+    openid: str
+    unionid: str | None
+    session_id: str
+    session_key: str
+    created_at: datetime
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"NewLogin(app_id={self.app_id!r}, openid={self.openid!r})"
 
 
 def utc_now_ms() -> datetime:
@@ -87,11 +106,16 @@ async def _translated() -> AsyncIterator[None]:
 class Store:
     """Users and sessions in MongoDB; session_keys sealed with the server's secret key."""
 
-    def __init__(self, db: MotorDatabase, cipher: SessionKeyCipher) -> None:
+    def __init__(
+        self, db: MotorDatabase, cipher: SessionKeyCipher, *, max_batch: int = 256
+    ) -> None:
         self._db = db
         self._users = db["users"]
         self._sessions = db["sessions"]
         self._cipher = cipher
+        self._logins: GroupCommit[NewLogin, tuple[SessionRecord, bool]] = GroupCommit(
+            self._write_logins, max_batch=max_batch
+        )
 
     async def ensure_indexes(self, expired_session_retention: int = 0) -> None:
         """Create the indexes the data model relies on (idempotent)."""
@@ -112,57 +136,141 @@ class Store:
         async with _translated():
             await self._db.command("ping")
 
-    async def upsert_user(
-        self, app_id: str, openid: str, unionid: str | None, now: datetime
-    ) -> tuple[UserRecord, bool]:
-        """Create or touch the user atomically; True when this call created it."""
-        fields: dict[str, Any] = {"last_login_at": now}
-        if unionid:
-            fields["unionid"] = unionid  # a later login without one keeps the old
-        candidate = ObjectId()
-        update = {"$set": fields, "$setOnInsert": {"_id": candidate, "created_at": now}}
+    async def save_login(self, login: NewLogin) -> tuple[SessionRecord, bool]:
+        """Upsert the user and store the new session; True when this login created the user.
+
+        Logins that arrive together are written together (service/batching.py):
+        per batch one bulk upsert of the users, one read of the users that
+        already existed (for their ids) and one insert of all the sessions,
+        instead of two round trips per login.
+        """
+        return await self._logins.submit(login)
+
+    async def close(self) -> None:
+        """Finish the logins already submitted; call before closing the motor client."""
+        await self._logins.aclose()
+
+    async def _write_logins(
+        self, logins: Sequence[NewLogin]
+    ) -> list[tuple[SessionRecord, bool] | Exception]:
+        try:
+            users = await self._upsert_users(logins)
+        except WxLoginError as error:
+            return [type(error)() for _ in logins]
+        docs: list[dict[str, Any]] = []
+        results: list[tuple[SessionRecord, bool] | Exception] = []
+        for login in logins:
+            user, created = users[login.app_id, login.openid]
+            # Several logins of one new user in a batch: only the first created it.
+            new_user = created is login
+            sealed = self._cipher.seal(login.session_key, login.session_id)
+            docs.append(
+                {
+                    "_id": login.session_id,
+                    "user_id": ObjectId(user.user_id),
+                    "app_id": user.app_id,
+                    "openid": user.openid,
+                    "unionid": user.unionid,
+                    "session_key": Binary(sealed),
+                    "created_at": login.created_at,
+                    "expires_at": login.expires_at,
+                }
+            )
+            record = SessionRecord(
+                login.session_id, user, login.created_at, login.expires_at, sealed
+            )
+            results.append((record, new_user))
+        try:
+            async with _translated():
+                try:
+                    await self._sessions.insert_many(docs, ordered=False)
+                except BulkWriteError as error:
+                    # ordered=False: the others were inserted; fail just these.
+                    for failure in error.details.get("writeErrors", []):
+                        log.error("session insert failed: MongoDB code %s", failure.get("code"))
+                        results[failure["index"]] = InternalError()
+        except WxLoginError as error:
+            return [type(error)() for _ in logins]
+        return results
+
+    async def _upsert_users(
+        self, logins: Sequence[NewLogin]
+    ) -> dict[tuple[str, str], tuple[UserRecord, NewLogin | None]]:
+        """Each (app_id, openid) of the batch -> its user, and the login that created it."""
+        first: dict[tuple[str, str], NewLogin] = {}
+        last: dict[tuple[str, str], NewLogin] = {}
+        unionids: dict[tuple[str, str], str] = {}
+        for login in logins:
+            key = (login.app_id, login.openid)
+            first.setdefault(key, login)
+            last[key] = login
+            if login.unionid:
+                unionids[key] = login.unionid
+        keys = list(first)
+        candidates = [ObjectId() for _ in keys]
+        operations = [
+            UpdateOne(
+                {"app_id": app_id, "openid": openid},
+                {
+                    "$set": _touched_fields(last[app_id, openid], unionids.get((app_id, openid))),
+                    "$setOnInsert": {
+                        "_id": candidate,
+                        "created_at": first[app_id, openid].created_at,
+                    },
+                },
+                upsert=True,
+            )
+            for (app_id, openid), candidate in zip(keys, candidates, strict=True)
+        ]
+        created: set[int] = set()
+        pending = list(range(len(keys)))
         async with _translated():
             # Two racing upserts of a new key can both try to insert; the loser
-            # gets DuplicateKeyError and, retried, finds the winner's document.
+            # gets a duplicate key error and, retried, finds the winner's document.
             for attempt in (1, 2):
                 try:
-                    doc = await self._users.find_one_and_update(
-                        {"app_id": app_id, "openid": openid},
-                        update,
-                        upsert=True,
-                        return_document=ReturnDocument.AFTER,
+                    result = await self._users.bulk_write(
+                        [operations[i] for i in pending], ordered=False
                     )
+                    created.update(pending[i] for i in result.upserted_ids or {})
                     break
-                except DuplicateKeyError:
-                    if attempt == 2:
+                except BulkWriteError as error:
+                    created.update(pending[u["index"]] for u in error.details.get("upserted", []))
+                    failures = error.details.get("writeErrors", [])
+                    if attempt == 2 or any(f.get("code") != _DUPLICATE_KEY for f in failures):
                         raise
-        assert doc is not None  # upsert=True with AFTER always returns a document
-        user = UserRecord(str(doc["_id"]), app_id, openid, doc.get("unionid"))
-        return user, doc["_id"] == candidate
+                    pending = [pending[f["index"]] for f in failures]
+            stored = await self._find_users([keys[i] for i in range(len(keys)) if i not in created])
+        users: dict[tuple[str, str], tuple[UserRecord, NewLogin | None]] = {}
+        for index, (app_id, openid) in enumerate(keys):
+            if index in created:
+                unionid = unionids.get((app_id, openid))
+                user = UserRecord(str(candidates[index]), app_id, openid, unionid)
+                users[app_id, openid] = (user, first[app_id, openid])
+            else:
+                doc = stored.get((app_id, openid))
+                if doc is None:
+                    log.error("user upserted but not found: was it deleted meanwhile?")
+                    raise InternalError()
+                user = UserRecord(str(doc["_id"]), app_id, openid, doc.get("unionid"))
+                users[app_id, openid] = (user, None)
+        return users
 
-    async def create_session(
-        self,
-        session_id: str,
-        user: UserRecord,
-        session_key: str,
-        created_at: datetime,
-        expires_at: datetime,
-    ) -> SessionRecord:
-        """Store a session under the token's hash; the session_key is sealed first."""
-        sealed = self._cipher.seal(session_key, session_id)
-        doc = {
-            "_id": session_id,
-            "user_id": ObjectId(user.user_id),
-            "app_id": user.app_id,
-            "openid": user.openid,
-            "unionid": user.unionid,
-            "session_key": Binary(sealed),
-            "created_at": created_at,
-            "expires_at": expires_at,
+    async def _find_users(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        if not keys:
+            return {}
+        openids: dict[str, list[str]] = {}
+        for app_id, openid in keys:
+            openids.setdefault(app_id, []).append(openid)
+        query = {
+            "$or": [{"app_id": app_id, "openid": {"$in": ids}} for app_id, ids in openids.items()]
         }
-        async with _translated():
-            await self._sessions.insert_one(doc)
-        return SessionRecord(session_id, user, created_at, expires_at, sealed)
+        projection = {"_id": 1, "app_id": 1, "openid": 1, "unionid": 1}
+        # One batch for all of them: one round trip.
+        cursor = self._users.find(query, projection, batch_size=len(keys))
+        return {(doc["app_id"], doc["openid"]): doc async for doc in cursor}
 
     async def find_session(self, session_id: str) -> SessionRecord | None:
         """The stored session, expired or not (the caller compares expires_at)."""
@@ -188,3 +296,10 @@ class Store:
             # Wrong WXLOGIN_SECRET_KEY or a tampered document: say so to operators.
             log.error("session_key of user_id=%s cannot be unsealed", record.user.user_id)
             raise InternalError() from None
+
+
+def _touched_fields(login: NewLogin, unionid: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"last_login_at": login.created_at}
+    if unionid:
+        fields["unionid"] = unionid  # a later login without one keeps the old
+    return fields

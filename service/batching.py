@@ -1,0 +1,103 @@
+"""Group commit: writes that arrive while one is in flight go to MongoDB together.
+
+Every motor call costs a MongoDB round trip and two thread hops through motor's
+executor, however many documents it carries. Under load, Login spent most of its
+time there (bench/README.md): 64 concurrent logins meant 128 separate writes.
+A GroupCommit sends the first item at once, so an idle service adds no latency,
+and everything that arrives while that write is out as one batch when it returns.
+The busier the service, the larger the batches: the cost per login falls exactly
+when it matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# `write` answers each item with its result or with the exception for that item
+# alone; an exception raised by `write` itself fails the whole batch.
+BatchWrite = Callable[[Sequence[Item]], Awaitable[Sequence[Result | Exception]]]
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Coalesces concurrent `submit()`s into calls of `write` with up to `max_batch` items."""
+
+    def __init__(self, write: BatchWrite[Item, Result], *, max_batch: int = 256) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._write = write
+        self._max_batch = max_batch
+        self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit(self, item: Item) -> Result:
+        """Write `item` with whatever else is waiting; its own result or exception.
+
+        A caller cancelled before its batch is taken is dropped from it; one
+        cancelled later cannot call the write back, but nobody gets its result.
+        """
+        if self._closed:
+            raise RuntimeError("GroupCommit is closed")
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._writer is None:
+            # Started on the next loop iteration, so that submissions made in
+            # this one already share the first batch.
+            self._writer = asyncio.create_task(self._drain())
+        return await future
+
+    async def aclose(self) -> None:
+        """Refuse new items and wait until everything submitted is written."""
+        self._closed = True
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _drain(self) -> None:
+        try:
+            while batch := self._take_batch():
+                await self._commit(batch)
+        finally:
+            self._writer = None
+            # Only on cancellation of this task (loop shutdown) can items remain.
+            while self._queue:
+                _, future = self._queue.popleft()
+                if not future.done():
+                    future.set_exception(RuntimeError("GroupCommit writer stopped"))
+
+    def _take_batch(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
+        while self._queue and len(batch) < self._max_batch:
+            item, future = self._queue.popleft()
+            if not future.cancelled():
+                batch.append((item, future))
+        return batch
+
+    async def _commit(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            results: Sequence[Result | Exception] = await self._write([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"write answered {len(results)} results for {len(batch)} items")
+        except asyncio.CancelledError:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(RuntimeError("GroupCommit writer stopped"))
+            raise
+        except Exception as error:
+            log.exception("batch write of %d items failed", len(batch))
+            results = [error] * len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue  # its caller was cancelled meanwhile
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
