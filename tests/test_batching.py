@@ -1,0 +1,129 @@
+"""GroupCommit: concurrent submissions share writes, and every caller gets its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from service.batching import GroupCommit
+
+
+class Recorder:
+    """A write that records its batches and can be held open to let items pile up."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.fail_items: set[int] = set()
+        self.started = asyncio.Event()
+
+    async def write(self, items: Sequence[int]) -> list[int | Exception]:
+        self.batches.append(list(items))
+        self.started.set()
+        await self.release.wait()
+        return [ValueError(f"item {i}") if i in self.fail_items else i * 10 for i in items]
+
+
+async def test_first_item_goes_alone_and_the_rest_follow_together() -> None:
+    """Idle: an item is written at once; items that arrive meanwhile share the next write."""
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write)
+    recorder.release.clear()
+    first = asyncio.create_task(commit.submit(0))
+    await recorder.started.wait()
+    rest = [asyncio.create_task(commit.submit(i)) for i in range(1, 6)]
+    await asyncio.sleep(0.01)
+    assert recorder.batches == [[0]]  # the others wait for the write in flight
+    recorder.release.set()
+    assert await first == 0
+    assert await asyncio.gather(*rest) == [10, 20, 30, 40, 50]
+    assert recorder.batches == [[0], [1, 2, 3, 4, 5]]
+
+
+async def test_submissions_of_one_loop_iteration_share_the_first_write() -> None:
+    """Items submitted together are written together, even from idle."""
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write)
+    assert await asyncio.gather(*(commit.submit(i) for i in range(4))) == [0, 10, 20, 30]
+    assert recorder.batches == [[0, 1, 2, 3]]
+
+
+async def test_batches_never_exceed_max_batch() -> None:
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write, max_batch=3)
+    results = await asyncio.gather(*(commit.submit(i) for i in range(8)))
+    assert results == [i * 10 for i in range(8)]
+    assert [len(batch) for batch in recorder.batches] == [3, 3, 2]
+
+
+async def test_an_items_own_failure_reaches_only_its_caller() -> None:
+    recorder = Recorder()
+    recorder.fail_items = {2}
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write)
+    results = await asyncio.gather(*(commit.submit(i) for i in range(4)), return_exceptions=True)
+    assert results[:2] == [0, 10]
+    assert results[3] == 30
+    assert isinstance(results[2], ValueError)
+    assert str(results[2]) == "item 2"
+
+
+async def test_a_failed_write_fails_its_batch_and_the_next_batch_still_runs() -> None:
+    calls = 0
+
+    async def write(items: Sequence[int]) -> list[int | Exception]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("down")
+        return list(items)
+
+    commit: GroupCommit[int, int] = GroupCommit(write)
+    failed = await asyncio.gather(*(commit.submit(i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in failed)
+    assert await commit.submit(7) == 7
+
+
+async def test_a_write_answering_the_wrong_number_of_results_fails_the_batch() -> None:
+    async def write(items: Sequence[int]) -> list[int | Exception]:
+        return [1]
+
+    commit: GroupCommit[int, int] = GroupCommit(write)
+    results = await asyncio.gather(*(commit.submit(i) for i in range(2)), return_exceptions=True)
+    assert all(isinstance(result, RuntimeError) for result in results)
+
+
+async def test_a_caller_cancelled_before_its_batch_is_not_written() -> None:
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write)
+    recorder.release.clear()
+    first = asyncio.create_task(commit.submit(0))
+    await recorder.started.wait()
+    gone = asyncio.create_task(commit.submit(1))
+    kept = asyncio.create_task(commit.submit(2))
+    await asyncio.sleep(0)
+    gone.cancel()
+    recorder.release.set()
+    assert await first == 0
+    assert await kept == 20
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert recorder.batches == [[0], [2]]
+
+
+async def test_aclose_waits_for_the_write_in_flight_then_refuses_new_items() -> None:
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write)
+    recorder.release.clear()
+    pending = asyncio.create_task(commit.submit(4))
+    await recorder.started.wait()
+    closing = asyncio.create_task(commit.aclose())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    recorder.release.set()
+    await closing
+    assert pending.result() == 40
+    with pytest.raises(RuntimeError, match="closed"):
+        await commit.submit(5)
