@@ -68,7 +68,11 @@ async def running_service(
             # pymongo's text may quote the URI, password included.
             raise ConfigError("WXLOGIN_MONGODB_URI", "not a valid MongoDB URI") from None
         stack.callback(mongo_client.close)
-        store = Store(mongo_client[settings.database], SessionKeyCipher(settings.secret_key))
+        store = Store(
+            mongo_client[settings.database],
+            SessionKeyCipher(settings.secret_key),
+            batch_interval=settings.login_batch_interval,
+        )
         stack.push_async_callback(store.close)
         try:
             await store.ensure_indexes(settings.expired_session_retention)

@@ -46,6 +46,9 @@ class Settings:
     # Expired sessions stay this long before MongoDB's TTL monitor deletes them,
     # so a recently expired token is reported as SESSION_EXPIRED, not SESSION_INVALID.
     expired_session_retention: int = 24 * 3600
+    # While the event loop is saturated, logins are written to MongoDB at most
+    # once per this many seconds, together (service/batching.py).
+    login_batch_interval: float = 0.01
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even by printing the settings.

@@ -107,14 +107,19 @@ class Store:
     """Users and sessions in MongoDB; session_keys sealed with the server's secret key."""
 
     def __init__(
-        self, db: MotorDatabase, cipher: SessionKeyCipher, *, max_batch: int = 256
+        self,
+        db: MotorDatabase,
+        cipher: SessionKeyCipher,
+        *,
+        max_batch: int = 256,
+        batch_interval: float = 0.0,
     ) -> None:
         self._db = db
         self._users = db["users"]
         self._sessions = db["sessions"]
         self._cipher = cipher
         self._logins: GroupCommit[NewLogin, tuple[SessionRecord, bool]] = GroupCommit(
-            self._write_logins, max_batch=max_batch
+            self._write_logins, max_batch=max_batch, min_interval=batch_interval
         )
 
     async def ensure_indexes(self, expired_session_retention: int = 0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -19,9 +20,11 @@ class Recorder:
         self.release.set()
         self.fail_items: set[int] = set()
         self.started = asyncio.Event()
+        self.starts: list[float] = []
 
     async def write(self, items: Sequence[int]) -> list[int | Exception]:
         self.batches.append(list(items))
+        self.starts.append(asyncio.get_running_loop().time())
         self.started.set()
         await self.release.wait()
         return [ValueError(f"item {i}") if i in self.fail_items else i * 10 for i in items]
@@ -127,3 +130,45 @@ async def test_aclose_waits_for_the_write_in_flight_then_refuses_new_items() -> 
     assert pending.result() == 40
     with pytest.raises(RuntimeError, match="closed"):
         await commit.submit(5)
+
+
+async def _hog(stop: asyncio.Event) -> None:
+    """Keep the event loop saturated: every turn of this task blocks it for 5 ms."""
+    while not stop.is_set():
+        time.sleep(0.005)  # noqa: ASYNC251 - blocking the loop is the point
+        await asyncio.sleep(0)
+
+
+async def _two_batches_and_a_late_item(commit: GroupCommit[int, int], recorder: Recorder) -> None:
+    """Item 0 is written alone; 1 and 2 wait for it; 3 arrives 0.1 s after that write."""
+    recorder.release.clear()
+    first = asyncio.create_task(commit.submit(0))
+    await recorder.started.wait()
+    waiting = [asyncio.create_task(commit.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    await asyncio.sleep(0.1)
+    await asyncio.gather(first, *waiting, commit.submit(3))
+
+
+async def test_a_saturated_loop_makes_the_next_write_wait_and_carry_more() -> None:
+    """Busy loop: the write after 0 waits out min_interval, so the late item 3 joins it."""
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write, min_interval=0.5)
+    stop = asyncio.Event()
+    hog = asyncio.create_task(_hog(stop))
+    try:
+        await _two_batches_and_a_late_item(commit, recorder)
+    finally:
+        stop.set()
+        await hog
+    assert recorder.batches == [[0], [1, 2, 3]]
+    assert recorder.starts[1] - recorder.starts[0] >= 0.5
+
+
+async def test_a_loop_with_time_to_spare_writes_the_backlog_at_once() -> None:
+    """Same arrivals, idle loop: 1 and 2 go out right after 0; 3 goes on its own."""
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write, min_interval=0.5)
+    await _two_batches_and_a_late_item(commit, recorder)
+    assert recorder.batches == [[0], [1, 2], [3]]
