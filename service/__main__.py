@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from service import logs
+from clients import logs
 from service.app import running_service
 from service.embedded_mongo import EmbeddedMongoError
 from service.settings import ConfigError, Settings

@@ -1,11 +1,11 @@
-"""The service's buffered log handler: WARNING+ at once, INFO within the flush interval."""
+"""The servers' buffered log handler: WARNING+ at once, INFO within the flush interval."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from service.logs import LOG_FORMAT, BufferedStreamHandler
+from clients.logs import LOG_FORMAT, BufferedStreamHandler
 
 
 class RecordingStream:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from clients import logs
 from clients.edge.app import init_app
 from clients.edge.config import ConfigError, EdgeConfig
 from clients.edge.server import serving
@@ -36,11 +37,7 @@ def main() -> int:
     except ConfigError as error:
         print(f"edge: bad configuration: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.log_level)
     try:
         asyncio.run(serve(config))
     except OSError as error:

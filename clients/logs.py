@@ -1,7 +1,9 @@
-"""Log set-up for the service: one line per record on stderr, written in blocks.
+"""Log set-up for wxlogin's servers: one line per record on stderr, written in blocks.
 
-Every Login writes an audit line. Under load, one write(2) per line cost ~8% of
-Login's CPU (bench/README.md), so lines are buffered and written together:
+Both servers log per request: the service an audit line per Login, the edge an
+access line per request. Under load, one write(2) per line cost ~8% of Login's
+CPU and ~5% of the edge's throughput (bench/README.md), so lines are buffered and
+written together:
 WARNING and above at once, everything else within `flush_interval` (a small
 daemon thread flushes), and all of it when logging shuts down at exit. A process
 killed with SIGKILL loses at most the last fraction of a second of INFO lines.
@@ -53,7 +55,7 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
                 return  # stderr is gone (closed pipe, closed file): nothing left to do
 
 
-def configure(level: str, stream: TextIO | None = None) -> BufferedStreamHandler:
+def configure(level: str | int, stream: TextIO | None = None) -> BufferedStreamHandler:
     """Send every log record at `level` and above to stderr (or `stream`), buffered."""
     if stream is None:
         # A block-buffered text stream of its own over fd 2: sys.stderr is
