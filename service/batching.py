@@ -28,6 +28,9 @@ from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
+# pymongo's own timeouts (10 s socket, one retry) end a write well before this.
+_CLOSE_SECONDS = 30.0
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -79,10 +82,13 @@ class GroupCommit(Generic[Item, Result]):
         return await future
 
     async def aclose(self) -> None:
-        """Refuse new items and wait until everything submitted is written."""
+        """Refuse new items; wait (bounded, like every shutdown step) for what was submitted."""
         self._closed = True
         if self._writer is not None:
-            await asyncio.shield(self._writer)
+            # wait(), not await: never raises the writer's own outcome into a shutdown.
+            _, pending = await asyncio.wait([self._writer], timeout=_CLOSE_SECONDS)
+            if pending:
+                log.error("batched writes still running after %.0fs; not waiting", _CLOSE_SECONDS)
 
     async def _drain(self) -> None:
         try:
@@ -130,7 +136,8 @@ class GroupCommit(Generic[Item, Result]):
             raise
         except Exception as error:
             log.exception("batch write of %d items failed", len(batch))
-            results = [error] * len(batch)
+            # One exception object per caller: each re-raise rewrites its traceback.
+            results = [_batch_failed(error) for _ in batch]
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue  # its caller was cancelled meanwhile
@@ -138,3 +145,9 @@ class GroupCommit(Generic[Item, Result]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+def _batch_failed(cause: Exception) -> Exception:
+    failure = RuntimeError("batch write failed")
+    failure.__cause__ = cause
+    return failure

@@ -11,7 +11,7 @@ from typing import Any
 
 from bson import Binary, ObjectId
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING, ReadPreference, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -165,9 +165,7 @@ class Store:
         docs: list[dict[str, Any]] = []
         results: list[tuple[SessionRecord, bool] | Exception] = []
         for login in logins:
-            user, created = users[login.app_id, login.openid]
-            # Several logins of one new user in a batch: only the first created it.
-            new_user = created is login
+            user, _ = users[login.app_id, login.openid]
             sealed = self._cipher.seal(login.session_key, login.session_id)
             docs.append(
                 {
@@ -184,7 +182,7 @@ class Store:
             record = SessionRecord(
                 login.session_id, user, login.created_at, login.expires_at, sealed
             )
-            results.append((record, new_user))
+            results.append((record, False))
         try:
             async with _translated():
                 try:
@@ -196,6 +194,14 @@ class Store:
                         results[failure["index"]] = InternalError()
         except WxLoginError as error:
             return [type(error)() for _ in logins]
+        # new_user goes to the first login of a new user that got its session
+        # (the same new user may log in twice in one batch).
+        unannounced = {key for key, (_, creator) in users.items() if creator is not None}
+        for index, login in enumerate(logins):
+            result = results[index]
+            if (login.app_id, login.openid) in unannounced and isinstance(result, tuple):
+                results[index] = (result[0], True)
+                unannounced.discard((login.app_id, login.openid))
         return results
 
     async def _upsert_users(
@@ -242,7 +248,13 @@ class Store:
                 except BulkWriteError as error:
                     created.update(pending[u["index"]] for u in error.details.get("upserted", []))
                     failures = error.details.get("writeErrors", [])
-                    if attempt == 2 or any(f.get("code") != _DUPLICATE_KEY for f in failures):
+                    # Only duplicate-key races are retried; a write-concern error
+                    # (no writeErrors) or anything else fails the batch.
+                    if (
+                        attempt == 2
+                        or not failures
+                        or any(f.get("code") != _DUPLICATE_KEY for f in failures)
+                    ):
                         raise
                     pending = [pending[f["index"]] for f in failures]
             stored = await self._find_users([keys[i] for i in range(len(keys)) if i not in created])
@@ -274,7 +286,10 @@ class Store:
         }
         projection = {"_id": 1, "app_id": 1, "openid": 1, "unionid": 1}
         # One batch for all of them: one round trip.
-        cursor = self._users.find(query, projection, batch_size=len(keys))
+        # From the primary: a user just created by another process must be there.
+        # motor's stubs type this as the ReadPreference class, pymongo passes instances.
+        users = self._users.with_options(read_preference=ReadPreference.PRIMARY)  # type: ignore[arg-type]
+        cursor = users.find(query, projection, batch_size=len(keys))
         return {(doc["app_id"], doc["openid"]): doc async for doc in cursor}
 
     async def find_session(self, session_id: str) -> SessionRecord | None:
