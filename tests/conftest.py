@@ -117,6 +117,24 @@ def start_service(settings: Settings) -> ServiceFactory:
     return start
 
 
+StubFactory = Callable[..., AbstractAsyncContextManager[auth_pb2_grpc.AuthServiceStub]]
+
+
+@pytest.fixture
+def start_stub(start_service: ServiceFactory) -> StubFactory:
+    """A gRPC stub of a service started with some of the test's settings overridden."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[auth_pb2_grpc.AuthServiceStub]:
+        async with (
+            start_service(**overrides) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            yield auth_pb2_grpc.AuthServiceStub(channel)
+
+    return start
+
+
 @pytest_asyncio.fixture
 async def service(start_service: ServiceFactory) -> AsyncIterator[RunningService]:
     """A running service on port 0 with the test's settings."""

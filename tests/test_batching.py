@@ -29,14 +29,19 @@ class Recorder:
         await self.release.wait()
         return [ValueError(f"item {i}") if i in self.fail_items else i * 10 for i in items]
 
+    async def hold_first_write(self, commit: GroupCommit[int, int], item: int) -> asyncio.Task[int]:
+        """Submit `item` and keep its write in flight until `release` is set."""
+        self.release.clear()
+        task = asyncio.create_task(commit.submit(item))
+        await self.started.wait()
+        return task
+
 
 async def test_first_item_goes_alone_and_the_rest_follow_together() -> None:
     """Idle: an item is written at once; items that arrive meanwhile share the next write."""
     recorder = Recorder()
     commit: GroupCommit[int, int] = GroupCommit(recorder.write)
-    recorder.release.clear()
-    first = asyncio.create_task(commit.submit(0))
-    await recorder.started.wait()
+    first = await recorder.hold_first_write(commit, 0)
     rest = [asyncio.create_task(commit.submit(i)) for i in range(1, 6)]
     await asyncio.sleep(0.01)
     assert recorder.batches == [[0]]  # the others wait for the write in flight
@@ -103,9 +108,7 @@ async def test_a_write_answering_the_wrong_number_of_results_fails_the_batch() -
 async def test_a_caller_cancelled_before_its_batch_is_not_written() -> None:
     recorder = Recorder()
     commit: GroupCommit[int, int] = GroupCommit(recorder.write)
-    recorder.release.clear()
-    first = asyncio.create_task(commit.submit(0))
-    await recorder.started.wait()
+    first = await recorder.hold_first_write(commit, 0)
     gone = asyncio.create_task(commit.submit(1))
     kept = asyncio.create_task(commit.submit(2))
     await asyncio.sleep(0)
@@ -121,9 +124,7 @@ async def test_a_caller_cancelled_before_its_batch_is_not_written() -> None:
 async def test_aclose_waits_for_the_write_in_flight_then_refuses_new_items() -> None:
     recorder = Recorder()
     commit: GroupCommit[int, int] = GroupCommit(recorder.write)
-    recorder.release.clear()
-    pending = asyncio.create_task(commit.submit(4))
-    await recorder.started.wait()
+    pending = await recorder.hold_first_write(commit, 4)
     closing = asyncio.create_task(commit.aclose())
     await asyncio.sleep(0.01)
     assert not closing.done()
@@ -143,9 +144,7 @@ async def _hog(stop: asyncio.Event) -> None:
 
 async def _two_batches_and_a_late_item(commit: GroupCommit[int, int], recorder: Recorder) -> None:
     """Item 0 is written alone; 1 and 2 wait for it; 3 arrives 0.1 s after that write."""
-    recorder.release.clear()
-    first = asyncio.create_task(commit.submit(0))
-    await recorder.started.wait()
+    first = await recorder.hold_first_write(commit, 0)
     waiting = [asyncio.create_task(commit.submit(i)) for i in (1, 2)]
     await asyncio.sleep(0)
     recorder.release.set()

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ServiceFactory
+from tests.conftest import StubFactory
 from tests.support import APP_A, APP_B, Emulator, error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
@@ -157,18 +157,14 @@ async def test_watermark_of_another_app_is_rejected(
 
 
 async def test_old_watermark_is_rejected_unless_disabled(
-    start_service: ServiceFactory, stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator
+    start_stub: StubFactory, stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator
 ) -> None:
     """Older than WXLOGIN_WATERMARK_MAX_AGE is WATERMARK_EXPIRED; max age 0 turns it off."""
     token = await logged_in(stub, emu, "yuri")
     old = int(time.time()) - 2 * 86400
     blob = await emu.user_data(APP_A, "yuri", watermark_timestamp=old)
     assert (await decrypt_error(stub, request(token, blob)))[1] == "WATERMARK_EXPIRED"
-    async with (
-        start_service(watermark_max_age=0) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        lenient = auth_pb2_grpc.AuthServiceStub(channel)
+    async with start_stub(watermark_max_age=0) as lenient:
         response = await lenient.DecryptUserData(request(token, blob))
         assert response.watermark_time.seconds == old
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from service.app import RunningService
-from tests.conftest import ServiceFactory
+from tests.conftest import StubFactory
 from tests.support import APP_A, APP_B, Emulator, error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
@@ -99,15 +99,10 @@ async def test_session_is_stored_under_the_token_hash_with_a_sealed_key(
     assert user_indexes["unionid"]["sparse"] is True
 
 
-async def test_empty_app_id_means_the_only_app(
-    start_service: ServiceFactory, emu: Emulator
-) -> None:
+async def test_empty_app_id_means_the_only_app(start_stub: StubFactory, emu: Emulator) -> None:
     """With exactly one app configured, app_id may be empty."""
-    async with (
-        start_service(apps={APP_A: "secret-a-123"}) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        result = await login(auth_pb2_grpc.AuthServiceStub(channel), await emu.code(APP_A, "d"), "")
+    async with start_stub(apps={APP_A: "secret-a-123"}) as stub:
+        result = await login(stub, await emu.code(APP_A, "d"), "")
         assert result.user.app_id == APP_A
 
 
@@ -207,14 +202,10 @@ async def test_blocked_user_is_user_blocked(
 
 
 async def test_wrong_secret_is_wechat_error_with_errcode(
-    start_service: ServiceFactory, emu: Emulator
+    start_stub: StubFactory, emu: Emulator
 ) -> None:
     """A misconfigured secret (WeChat 40125) is WECHAT_ERROR with the errcode, no secret."""
-    async with (
-        start_service(apps={APP_A: "wrong-secret"}) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        stub = auth_pb2_grpc.AuthServiceStub(channel)
+    async with start_stub(apps={APP_A: "wrong-secret"}) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await login(stub, await emu.code(APP_A, "hank"))
     info = error_info(caught.value)
@@ -226,11 +217,15 @@ async def test_wrong_secret_is_wechat_error_with_errcode(
     assert "wrong-secret" not in info.message
 
 
-@pytest.mark.parametrize(
+# What WeChat can do that is worth a retry: errcode -1, 5xx, a dropped connection.
+transient_faults = pytest.mark.parametrize(
     "fault",
-    [{"errcode": -1}, {"http_status": 502}, {"drop": True}],
-    ids=["system-busy", "http-502", "dropped-connection"],
+    [{"errcode": -1}, {"http_status": 502}, {"http_status": 503}, {"drop": True}],
+    ids=["system-busy", "http-502", "http-503", "dropped-connection"],
 )
+
+
+@transient_faults
 async def test_transient_failures_are_retried_then_succeed(
     stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, fault: dict[str, Any]
 ) -> None:
@@ -243,11 +238,7 @@ async def test_transient_failures_are_retried_then_succeed(
     assert await emu.requests_seen() - before == 3
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [{"errcode": -1}, {"http_status": 503}, {"drop": True}],
-    ids=["system-busy", "http-503", "dropped-connection"],
-)
+@transient_faults
 async def test_persistent_transient_failures_give_up_as_unavailable(
     stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, fault: dict[str, Any]
 ) -> None:
@@ -268,15 +259,9 @@ async def test_persistent_transient_failures_give_up_as_unavailable(
         assert sent == 3
 
 
-async def test_unreachable_wechat_is_unavailable(
-    start_service: ServiceFactory, emu: Emulator
-) -> None:
+async def test_unreachable_wechat_is_unavailable(start_stub: StubFactory, emu: Emulator) -> None:
     """Nothing listening at the WeChat address: WECHAT_UNAVAILABLE, quickly."""
-    async with (
-        start_service(wechat_api_base="http://127.0.0.1:9") as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        stub = auth_pb2_grpc.AuthServiceStub(channel)
+    async with start_stub(wechat_api_base="http://127.0.0.1:9") as stub:
         assert (await login_error(stub, "anycode"))[1] == "WECHAT_UNAVAILABLE"
 
 
@@ -328,14 +313,11 @@ async def test_code_spent_by_a_failed_attempt_is_not_blamed_on_the_user(
 
 
 async def test_login_expiry_follows_the_configured_ttl(
-    start_service: ServiceFactory, emu: Emulator
+    start_stub: StubFactory, emu: Emulator
 ) -> None:
     """WXLOGIN_SESSION_TTL sets expires_at."""
-    async with (
-        start_service(session_ttl=3600) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        result = await login(auth_pb2_grpc.AuthServiceStub(channel), await emu.code(APP_A, "ned"))
+    async with start_stub(session_ttl=3600) as stub:
+        result = await login(stub, await emu.code(APP_A, "ned"))
     expires = result.expires_at.ToDatetime(tzinfo=UTC)
     assert abs(expires - (datetime.now(UTC) + timedelta(seconds=3600))) < timedelta(seconds=30)
 
