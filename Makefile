@@ -39,7 +39,7 @@ $(PROTO_OUT) &: $(PROTO_SRC) $(STAMP)
 	touch wxlogin/__init__.py wxlogin/v1/__init__.py $(PROTO_OUT)
 
 run: proto
-	$(PY) -m service.devstack
+	$(PY) -m devtools.devstack
 
 service: proto
 	$(PY) -m service
@@ -63,7 +63,7 @@ typecheck: proto
 check: lint typecheck test
 
 demo: proto
-	$(PY) -m clients.demo
+	$(PY) -m devtools.demo
 
 # Needs the C load generators; installs them (Debian/Ubuntu, as root) when missing.
 bench: proto

@@ -18,7 +18,7 @@ import aiohttp
 import grpc
 
 from bench.baselines import CannedGrpc, CannedHttp
-from service.devstack import DEV_APP
+from devtools.devstack import DEV_APP
 from wxlogin.v1 import auth_pb2
 
 AUTH = "/wxlogin.v1.AuthService/"

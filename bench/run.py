@@ -22,8 +22,8 @@ from bench.fixtures import Emulator, Fixtures, login, prepare, require_ok
 from bench.plan import Cores, Plan
 from bench.rig import Rig
 from bench.targets import evaluate
-from service.children import Child
-from service.devstack import DevStack
+from devtools.children import Child
+from devtools.devstack import DevStack
 from wxlogin.v1 import auth_pb2
 
 

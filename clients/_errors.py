@@ -45,6 +45,8 @@ class WxLoginError(Exception):
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     default_reason: ClassVar[str] = "INTERNAL"
+    # None: the HTTP status follows from `code` (clients/http_errors.py).
+    http_status: ClassVar[int | None] = None
 
     def __init__(
         self,

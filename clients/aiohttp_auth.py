@@ -17,7 +17,7 @@ from clients._bearer import bearer_token
 from clients._errors import SessionInvalid, WxLoginError
 from clients._models import User
 from clients.client import WxLoginClient
-from clients.edge.http_errors import error_response
+from clients.http_errors import error_response
 
 USER = web.RequestKey("wxlogin_user", User)
 

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import math
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from aiohttp import web
 from aiohttp.log import access_logger
 
 from emulator.app import init_app
+from runtime.config import ConfigError, ListenAddress, parse_apps, parse_listen
+from runtime.serve import stop_on_signals
 
 LISTEN_ENV = "WXLOGIN_EMULATOR_LISTEN"
 APPS_ENV = "WXLOGIN_APPS"
@@ -29,43 +30,14 @@ SHUTDOWN_GRACE = 5.0
 log = logging.getLogger("emulator")
 
 
-class UsageError(Exception):
-    """A command-line or environment value that cannot be used; the message is one line."""
-
-
 @dataclass(frozen=True)
 class Config:
     """Everything the command line decides."""
 
-    host: str
-    port: int
+    listen: ListenAddress
     apps: dict[str, str]
     code_ttl: float
     access_log: bool
-
-
-def parse_apps(value: str, source: str) -> dict[str, str]:
-    """Parse ``appid:secret[,appid:secret...]``; errors name ``source`` but never a secret."""
-    apps: dict[str, str] = {}
-    entries = value.split(",")
-    for number, entry in enumerate(entries, start=1):
-        appid, sep, secret = entry.strip().partition(":")
-        if not sep or not appid or not secret:
-            raise UsageError(f"{source}: entry {number} is not appid:secret")
-        if appid in apps:
-            raise UsageError(f"{source}: appid {appid} is listed twice")
-        apps[appid] = secret
-    return apps
-
-
-def parse_listen(value: str, source: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 picks a free port."""
-    host, sep, port_text = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise UsageError(f"{source}: {value!r} is not HOST:PORT")
-    return host, int(port_text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
-    """Resolve flags, then environment, then defaults; raises UsageError on a bad value."""
+    """Resolve flags, then environment, then defaults; raises ConfigError on a bad value."""
     parser = _Parser(prog="emulator", description=__doc__)
     parser.add_argument("--listen", help=f"HOST:PORT (env {LISTEN_ENV}, default {DEFAULT_LISTEN})")
     parser.add_argument("--apps", help=f"appid:secret[,appid:secret...] (env {APPS_ENV})")
@@ -86,30 +58,22 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     args = parser.parse_args(argv)
 
     if args.listen is not None:
-        host, port = parse_listen(args.listen, "--listen")
-    elif environ.get(LISTEN_ENV):
-        host, port = parse_listen(environ[LISTEN_ENV], LISTEN_ENV)
+        listen = parse_listen("--listen", args.listen, DEFAULT_LISTEN)
     else:
-        host, port = parse_listen(DEFAULT_LISTEN, "default")
+        listen = parse_listen(LISTEN_ENV, environ.get(LISTEN_ENV), DEFAULT_LISTEN)
     if args.apps is not None:
         apps = parse_apps(args.apps, "--apps")
-    elif environ.get(APPS_ENV):
-        apps = parse_apps(environ[APPS_ENV], APPS_ENV)
     else:
-        apps = parse_apps(DEV_APPS, "default")
+        apps = parse_apps(environ.get(APPS_ENV) or DEV_APPS, APPS_ENV)
     code_ttl: float = args.code_ttl
     if not math.isfinite(code_ttl) or code_ttl <= 0:
-        raise UsageError("--code-ttl: must be a positive number of seconds")
-    return Config(host, port, apps, code_ttl, args.access_log)
+        raise ConfigError("--code-ttl", "must be a positive number of seconds")
+    return Config(listen, apps, code_ttl, args.access_log)
 
 
 async def serve(config: Config) -> int:
     """Serve until SIGINT or SIGTERM; returns the exit code."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Installed before binding, so a signal right after the listening line still stops cleanly.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     app = init_app(config.apps, code_ttl=config.code_ttl)
     runner = web.AppRunner(
         app,
@@ -119,7 +83,7 @@ async def serve(config: Config) -> int:
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, config.host, config.port).start()
+            await web.TCPSite(runner, config.listen.host, config.listen.port).start()
         except OSError as exc:
             # asyncio's message already names the address and the reason.
             print(f"emulator: {exc.strerror or exc}", file=sys.stderr)
@@ -127,10 +91,9 @@ async def serve(config: Config) -> int:
         # With port 0 and a host that resolves to several addresses each socket gets its own
         # port; the first one is the one we announce.
         port = runner.addresses[0][1]
-        url_host = f"[{config.host}]" if ":" in config.host else config.host
         log.info("apps: %s; code ttl %gs", ", ".join(sorted(config.apps)), config.code_ttl)
         # The one line on stdout: the test harness and the dev-stack launcher read the port here.
-        print(f"emulator listening on http://{url_host}:{port}", flush=True)
+        print(f"emulator listening on http://{config.listen.url_host}:{port}", flush=True)
         await stop.wait()
         log.info("stopping")
     finally:
@@ -147,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
-    except UsageError as exc:
+    except ConfigError as exc:
         print(f"emulator: error: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(serve(config))

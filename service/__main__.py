@@ -5,23 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 
-from clients import logs
+from runtime import logs
+from runtime.config import ConfigError, parse_log_level
+from runtime.serve import stop_on_signals
 from service.app import running_service
 from service.embedded_mongo import EmbeddedMongoError
-from service.settings import ConfigError, Settings
+from service.settings import Settings
 
 log = logging.getLogger("service")
 
 
 async def serve(settings: Settings) -> None:
     """Serve until a termination signal, then shut down gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     async with running_service(settings) as running:
         # One parseable line: the dev stack and tests read the bound port from it.
         print(f"wxlogin service listening on port {running.port}", flush=True)
@@ -31,22 +29,12 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> int:
-    level = os.environ.get("WXLOGIN_LOG_LEVEL", "INFO").upper()
-    if level not in logging.getLevelNamesMapping():
-        print(
-            f"wxlogin: bad configuration: WXLOGIN_LOG_LEVEL: unknown level {level!r}",
-            file=sys.stderr,
-        )
-        return 2
-    logs.configure(level)
+    """Entry point; returns the exit code (2: bad configuration, 1: cannot start)."""
     try:
+        logs.configure(parse_log_level("WXLOGIN_LOG_LEVEL", os.environ.get("WXLOGIN_LOG_LEVEL")))
         settings = Settings.from_env(os.environ)
-    except ConfigError as error:
-        print(f"wxlogin: bad configuration: {error}", file=sys.stderr)
-        return 2
-    try:
         asyncio.run(serve(settings))
-    except ConfigError as error:  # found only when used: an unreachable MongoDB, a taken port
+    except ConfigError as error:  # also found only when used: an unreachable MongoDB, a taken port
         print(f"wxlogin: bad configuration: {error}", file=sys.stderr)
         return 2
     except (EmbeddedMongoError, OSError) as error:

@@ -8,21 +8,21 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import aiohttp
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pymongo.errors import ConfigurationError
 
-from service.auth import Authenticator
 from service.cache import SessionCache
 from service.crypto import SessionKeyCipher
 from service.embedded_mongo import EmbeddedMongo
 from service.errors import StoreUnavailable
 from service.servicer import AuthServicer
+from service.sessions import Sessions
 from service.settings import ConfigError, Settings
 from service.store import Store, connect
-from service.wechat import WeChatClient
+from service.user_data import UserDataDecryptor
+from service.wechat import WeChatClient, new_http_session
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class RunningService:
     port: int
     mongodb_uri: str
     health: health.aio.HealthServicer
-    auth: Authenticator
+    sessions: Sessions
 
 
 @asynccontextmanager
@@ -79,11 +79,7 @@ async def running_service(
         except StoreUnavailable:
             raise ConfigError("WXLOGIN_MONGODB_URI", "MongoDB does not answer") from None
 
-        http = aiohttp.ClientSession(
-            # A pooled, keep-alive connection per host; WeChat is one host.
-            connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
-            headers={"User-Agent": "wxlogin/0.1"},
-        )
+        http = new_http_session()
         stack.push_async_callback(http.close)
         wechat = WeChatClient(
             http,
@@ -93,14 +89,14 @@ async def running_service(
             connect_timeout=settings.wechat_connect_timeout,
             total_timeout=settings.wechat_total_timeout,
         )
-        auth = Authenticator(
+        sessions = Sessions(
             store,
             wechat,
             settings.apps,
             session_ttl=settings.session_ttl,
-            watermark_max_age=settings.watermark_max_age,
             cache=SessionCache(settings.session_cache_seconds),
         )
+        user_data = UserDataDecryptor(sessions, store, watermark_max_age=settings.watermark_max_age)
 
         server = grpc.aio.server(
             options=[
@@ -109,7 +105,7 @@ async def running_service(
                 ("grpc.so_reuseport", 1),
             ]
         )
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sessions, user_data), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -142,7 +138,7 @@ async def running_service(
 
         stack.push_async_callback(drain)
         log.info("wxlogin serving on port %d (apps: %s)", port, ", ".join(sorted(settings.apps)))
-        yield RunningService(server, port, uri, health_servicer, auth)
+        yield RunningService(server, port, uri, health_servicer, sessions)
 
 
 async def _watch_store(

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 
-from service.store import SessionRecord
+from service.records import SessionRecord
 
 
 class SessionCache:

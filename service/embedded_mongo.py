@@ -11,7 +11,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from service.children import dies_with_parent
+from runtime.process import dies_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -149,25 +149,6 @@ REASON_CODES: Mapping[str, grpc.StatusCode] = {
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
 
-# WeChat errcodes with a meaning of their own; every other errcode is WECHAT_ERROR.
-WECHAT_ERRCODES: Mapping[int, type[WxLoginError]] = {
-    40029: CodeInvalid,
-    40163: CodeUsed,
-    45011: RateLimited,
-    40226: UserBlocked,
-    -1: WeChatUnavailable,  # "system busy": retried first, see service/wechat.py
-}
-
-
-def from_wechat_errcode(errcode: int) -> WxLoginError:
-    """The error for a WeChat errcode; errcode always travels in the metadata."""
-    error_type = WECHAT_ERRCODES.get(errcode, WeChatError)
-    message = None
-    if error_type is WeChatError:
-        # e.g. 40013 invalid appid, 40125 invalid secret: an operator problem.
-        message = f"WeChat returned errcode {errcode}"
-    return error_type(message, errcode=str(errcode))
-
 
 def to_grpc_status(error: WxLoginError) -> grpc.Status:
     """Turn an error into a gRPC status with a google.rpc.ErrorInfo detail."""

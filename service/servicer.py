@@ -12,9 +12,10 @@ from typing import TypeVar
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from service.auth import Authenticator
 from service.errors import BadRequest, InternalError, WxLoginError, to_grpc_status
-from service.store import UserRecord
+from service.records import UserRecord
+from service.sessions import Sessions
+from service.user_data import UserDataDecryptor
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,11 @@ def _deadline(context: grpc.aio.ServicerContext[Req, Resp]) -> float | None:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    """wxlogin.v1.AuthService on top of an Authenticator."""
+    """wxlogin.v1.AuthService on top of the domain's Sessions and UserDataDecryptor."""
 
-    def __init__(self, auth: Authenticator) -> None:
-        self._auth = auth
+    def __init__(self, sessions: Sessions, user_data: UserDataDecryptor) -> None:
+        self._sessions = sessions
+        self._user_data = user_data
 
     @_rpc
     async def Login(
@@ -82,7 +84,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         request: auth_pb2.LoginRequest,
         context: grpc.aio.ServicerContext[auth_pb2.LoginRequest, auth_pb2.LoginResponse],
     ) -> auth_pb2.LoginResponse:
-        result = await self._auth.login(request.app_id, request.code, deadline=_deadline(context))
+        result = await self._sessions.login(
+            request.app_id, request.code, deadline=_deadline(context)
+        )
         return auth_pb2.LoginResponse(
             token=result.token,
             expires_at=_timestamp(result.expires_at),
@@ -98,7 +102,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             auth_pb2.CheckSessionRequest, auth_pb2.CheckSessionResponse
         ],
     ) -> auth_pb2.CheckSessionResponse:
-        record = await self._auth.check_session(request.token)
+        record = await self._sessions.check(request.token)
         return auth_pb2.CheckSessionResponse(
             user=_user(record.user), expires_at=_timestamp(record.expires_at)
         )
@@ -111,7 +115,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             auth_pb2.DecryptUserDataRequest, auth_pb2.DecryptUserDataResponse
         ],
     ) -> auth_pb2.DecryptUserDataResponse:
-        result = await self._auth.decrypt_user_data(
+        result = await self._user_data.decrypt(
             request.token, request.encrypted_data, request.iv, request.raw_data, request.signature
         )
         data = struct_pb2.Struct()
@@ -129,5 +133,5 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             auth_pb2.RevokeSessionRequest, auth_pb2.RevokeSessionResponse
         ],
     ) -> auth_pb2.RevokeSessionResponse:
-        await self._auth.revoke(request.token)
+        await self._sessions.revoke(request.token)
         return auth_pb2.RevokeSessionResponse()

@@ -8,20 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.config import ConfigError, parse_apps, parse_listen, parse_seconds
+
+__all__ = ["ConfigError", "Settings"]
+
 DEFAULT_GRPC_LISTEN = "127.0.0.1:50051"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
 DEFAULT_SESSION_TTL = 7 * 24 * 3600
 # One day: long enough for a client that retries or queues the call, short enough
 # that a captured encryptedData blob is not replayable forever.
 DEFAULT_WATERMARK_MAX_AGE = 24 * 3600
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or malformed; the message names the variable."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
 
 
 @dataclass(frozen=True)
@@ -74,32 +70,29 @@ class Settings:
         return cls(
             apps=parse_apps(apps_raw),
             secret_key=parse_secret_key(key_raw),
-            grpc_listen=parse_listen("WXLOGIN_GRPC_LISTEN", env, DEFAULT_GRPC_LISTEN),
+            grpc_listen=str(
+                parse_listen(
+                    "WXLOGIN_GRPC_LISTEN", env.get("WXLOGIN_GRPC_LISTEN"), DEFAULT_GRPC_LISTEN
+                )
+            ),
             mongodb_uri=env.get("WXLOGIN_MONGODB_URI") or None,
             data_dir=Path(env.get("WXLOGIN_DATA_DIR") or ".data"),
             wechat_api_base=parse_url(
                 "WXLOGIN_WECHAT_API_BASE", env.get("WXLOGIN_WECHAT_API_BASE")
             ),
-            session_ttl=parse_seconds("WXLOGIN_SESSION_TTL", env, DEFAULT_SESSION_TTL, minimum=1),
+            session_ttl=parse_seconds(
+                "WXLOGIN_SESSION_TTL",
+                env.get("WXLOGIN_SESSION_TTL"),
+                DEFAULT_SESSION_TTL,
+                minimum=1,
+            ),
             watermark_max_age=parse_seconds(
-                "WXLOGIN_WATERMARK_MAX_AGE", env, DEFAULT_WATERMARK_MAX_AGE, minimum=0
+                "WXLOGIN_WATERMARK_MAX_AGE",
+                env.get("WXLOGIN_WATERMARK_MAX_AGE"),
+                DEFAULT_WATERMARK_MAX_AGE,
+                minimum=0,
             ),
         )
-
-
-def parse_apps(raw: str, variable: str = "WXLOGIN_APPS") -> dict[str, str]:
-    """Parse `appid:secret[,appid:secret...]`; appids must be unique."""
-    apps: dict[str, str] = {}
-    for item in raw.split(","):
-        appid, sep, secret = item.strip().partition(":")
-        if not sep or not appid.strip() or not secret.strip():
-            # Never echo the item: it holds a secret.
-            raise ConfigError(variable, f"entry {len(apps) + 1} is not appid:secret")
-        appid = appid.strip()
-        if appid in apps:
-            raise ConfigError(variable, f"appid {appid} appears twice")
-        apps[appid] = secret.strip()
-    return apps
 
 
 def parse_secret_key(raw: str) -> bytes:
@@ -113,32 +106,9 @@ def parse_secret_key(raw: str) -> bytes:
     return key
 
 
-def parse_listen(variable: str, env: Mapping[str, str], default: str) -> str:
-    """Validate a HOST:PORT listen address (port 0 picks a free port)."""
-    value = env.get(variable) or default
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(variable, f"expected HOST:PORT, got {value!r}")
-    return value
-
-
 def parse_url(variable: str, value: str | None) -> str:
     """Validate an http(s) base URL and drop a trailing slash."""
     url = (value or DEFAULT_WECHAT_API_BASE).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(variable, f"expected an http(s) URL, got {url!r}")
     return url
-
-
-def parse_seconds(variable: str, env: Mapping[str, str], default: int, *, minimum: int) -> int:
-    """Parse a whole number of seconds, at least `minimum`."""
-    raw = env.get(variable)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(variable, f"expected whole seconds, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(variable, f"must be >= {minimum}, got {value}")
-    return value

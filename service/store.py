@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from bson import Binary, ObjectId
@@ -22,6 +21,7 @@ from pymongo.errors import (
 from service.batching import GroupCommit
 from service.crypto import SessionKeyCipher
 from service.errors import InternalError, StoreUnavailable, WxLoginError
+from service.records import NewLogin, SavedLogin, SessionRecord, UserRecord
 
 log = logging.getLogger(__name__)
 
@@ -29,52 +29,6 @@ MotorDatabase = AsyncIOMotorDatabase[dict[str, Any]]
 MotorClient = AsyncIOMotorClient[dict[str, Any]]
 
 _DUPLICATE_KEY = 11000
-
-
-@dataclass(frozen=True)
-class UserRecord:
-    """A user of one app: one per (app_id, openid)."""
-
-    user_id: str
-    app_id: str
-    openid: str
-    unionid: str | None
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    """A session as stored; the session_key inside stays sealed until asked for."""
-
-    session_id: str
-    user: UserRecord
-    created_at: datetime
-    expires_at: datetime
-    sealed_session_key: bytes
-
-    def __repr__(self) -> str:
-        return f"SessionRecord(user_id={self.user.user_id!r}, expires_at={self.expires_at})"
-
-
-@dataclass(frozen=True)
-class NewLogin:
-    """A login to write: touch or create the user, open the session."""
-
-    app_id: str
-    openid: str
-    unionid: str | None
-    session_id: str
-    session_key: str
-    created_at: datetime
-    expires_at: datetime
-
-    def __repr__(self) -> str:
-        return f"NewLogin(app_id={self.app_id!r}, openid={self.openid!r})"
-
-
-def utc_now_ms() -> datetime:
-    """Now, truncated to MongoDB's millisecond precision so stored and returned times agree."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def connect(uri: str, *, server_selection_timeout_ms: int = 3000) -> MotorClient:
@@ -118,7 +72,7 @@ class Store:
         self._users = db["users"]
         self._sessions = db["sessions"]
         self._cipher = cipher
-        self._logins: GroupCommit[NewLogin, tuple[SessionRecord, bool]] = GroupCommit(
+        self._logins: GroupCommit[NewLogin, SavedLogin] = GroupCommit(
             self._write_logins, max_batch=max_batch, min_interval=batch_interval
         )
 
@@ -141,8 +95,8 @@ class Store:
         async with _translated():
             await self._db.command("ping")
 
-    async def save_login(self, login: NewLogin) -> tuple[SessionRecord, bool]:
-        """Upsert the user and store the new session; True when this login created the user.
+    async def save_login(self, login: NewLogin) -> SavedLogin:
+        """Upsert the user and store the new session; `new_user` when this login created the user.
 
         Logins that arrive together are written together (service/batching.py):
         per batch one bulk upsert of the users, one read of the users that
@@ -155,15 +109,13 @@ class Store:
         """Finish the logins already submitted; call before closing the motor client."""
         await self._logins.aclose()
 
-    async def _write_logins(
-        self, logins: Sequence[NewLogin]
-    ) -> list[tuple[SessionRecord, bool] | Exception]:
+    async def _write_logins(self, logins: Sequence[NewLogin]) -> list[SavedLogin | Exception]:
         try:
             users = await self._upsert_users(logins)
         except WxLoginError as error:
             return [type(error)() for _ in logins]
         docs: list[dict[str, Any]] = []
-        results: list[tuple[SessionRecord, bool] | Exception] = []
+        results: list[SavedLogin | Exception] = []
         for login in logins:
             user, _ = users[login.app_id, login.openid]
             sealed = self._cipher.seal(login.session_key, login.session_id)
@@ -182,7 +134,7 @@ class Store:
             record = SessionRecord(
                 login.session_id, user, login.created_at, login.expires_at, sealed
             )
-            results.append((record, False))
+            results.append(SavedLogin(record, new_user=False))
         try:
             async with _translated():
                 try:
@@ -199,8 +151,8 @@ class Store:
         unannounced = {key for key, (_, creator) in users.items() if creator is not None}
         for index, login in enumerate(logins):
             result = results[index]
-            if (login.app_id, login.openid) in unannounced and isinstance(result, tuple):
-                results[index] = (result[0], True)
+            if (login.app_id, login.openid) in unannounced and isinstance(result, SavedLogin):
+                results[index] = SavedLogin(result.session, new_user=True)
                 unannounced.discard((login.app_id, login.openid))
         return results
 

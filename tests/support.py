@@ -15,7 +15,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from service.children import LISTENING, dies_with_parent
+from runtime.process import LISTENING, dies_with_parent
 
 APP_A = "wxtest0000000000aa"
 APP_B = "wxtest0000000000bb"

@@ -7,8 +7,8 @@ from tests.support import APP_A, child, run_to_exit
 
 
 async def run_demo(*args: str) -> tuple[int, str]:
-    """Run `python -m clients.demo ARGS` to completion; exit code and all output."""
-    exited = await run_to_exit("clients.demo", *args, wait=90)
+    """Run `python -m devtools.demo ARGS` to completion; exit code and all output."""
+    exited = await run_to_exit("devtools.demo", *args, wait=90)
     return exited.returncode, exited.stdout + exited.stderr
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 
-from service.devstack import DEV_APP
+from devtools.devstack import DEV_APP
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -53,7 +53,7 @@ async def test_dev_stack_starts_serves_and_leaves_no_process_behind(tmp_path: Pa
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "service.devstack",
+        "devtools.devstack",
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=log_file,

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from clients.logs import LOG_FORMAT, BufferedStreamHandler
+from runtime.logs import LOG_FORMAT, BufferedStreamHandler
 
 
 class RecordingStream:

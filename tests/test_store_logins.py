@@ -15,8 +15,9 @@ from pymongo.errors import BulkWriteError
 
 from service.crypto import SessionKeyCipher
 from service.errors import InternalError, StoreUnavailable
+from service.records import NewLogin, utc_now_ms
 from service.settings import Settings
-from service.store import NewLogin, Store, connect, utc_now_ms
+from service.store import Store, connect
 from tests.conftest import SECRET_KEY
 from tests.support import APP_A, APP_B
 

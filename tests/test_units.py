@@ -11,8 +11,8 @@ from cryptography.exceptions import InvalidTag
 from service import crypto
 from service.cache import SessionCache
 from service.errors import BadRequest, DecryptFailed
+from service.records import SessionRecord, UserRecord
 from service.settings import ConfigError, Settings
-from service.store import SessionRecord, UserRecord
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 

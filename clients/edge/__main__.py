@@ -5,29 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 
-from clients import logs
 from clients.edge.app import init_app
-from clients.edge.config import ConfigError, EdgeConfig
+from clients.edge.config import EdgeConfig
 from clients.edge.server import serving
+from runtime import logs
+from runtime.config import ConfigError
+from runtime.serve import stop_on_signals
+
+log = logging.getLogger("edge")
 
 
 async def serve(config: EdgeConfig) -> None:
     """Serve until a termination signal, then stop gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Installed before binding: a signal right after the listening line still stops cleanly.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     app = init_app(config.upstream, session_cache_seconds=config.session_cache_seconds)
-    async with serving(app, config.host, config.port) as port:
+    async with serving(app, config.listen.host, config.listen.port) as port:
         # The one stdout line: the dev stack and the tests read the port from it.
-        print(f"edge listening on http://{config.url_host}:{port}", flush=True)
-        logging.getLogger("edge").info("calling wxlogin at %s", config.upstream)
+        print(f"edge listening on http://{config.listen.url_host}:{port}", flush=True)
+        log.info("calling wxlogin at %s", config.upstream)
         await stop.wait()
-        logging.getLogger("edge").info("stopping: letting in-flight requests finish")
+        log.info("stopping: letting in-flight requests finish")
 
 
 def main() -> int:

@@ -25,7 +25,8 @@ from clients._errors import (
 )
 from clients._models import User
 from clients.client import Deadlines, RetryPolicy, WxLoginClient, is_request_id, open_channel
-from clients.edge.http_errors import MethodNotAllowed, NotFound, PayloadTooLarge, error_response
+from clients.edge.http_errors import MethodNotAllowed, NotFound, PayloadTooLarge
+from clients.http_errors import error_response
 from clients.session_cache import SessionCache
 
 log = logging.getLogger(__name__)

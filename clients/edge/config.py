@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from runtime.config import ConfigError, ListenAddress, parse_listen, parse_log_level
 
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_UPSTREAM = "127.0.0.1:50051"
@@ -12,20 +13,11 @@ DEFAULT_UPSTREAM = "127.0.0.1:50051"
 DEFAULT_SESSION_CACHE_SECONDS = 2.0
 
 
-class ConfigError(ValueError):
-    """A configuration value cannot be used; the message names the variable, in one line."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
-
-
 @dataclass(frozen=True)
 class EdgeConfig:
     """Where the edge listens and which gRPC target it calls."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
+    listen: ListenAddress = field(default_factory=lambda: ListenAddress("127.0.0.1", 8080))
     upstream: str = DEFAULT_UPSTREAM
     log_level: str = "INFO"
     # Seconds GET /v1/session may answer from memory (clients/session_cache.py); 0 = off.
@@ -34,32 +26,16 @@ class EdgeConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EdgeConfig:
         """Read and validate the edge's WXLOGIN_* variables; raise ConfigError on a bad one."""
-        host, port = parse_listen("WXLOGIN_HTTP_LISTEN", env.get("WXLOGIN_HTTP_LISTEN"))
         return cls(
-            host,
-            port,
+            parse_listen(
+                "WXLOGIN_HTTP_LISTEN", env.get("WXLOGIN_HTTP_LISTEN"), DEFAULT_HTTP_LISTEN
+            ),
             parse_target("WXLOGIN_UPSTREAM", env.get("WXLOGIN_UPSTREAM")),
             parse_log_level("WXLOGIN_LOG_LEVEL", env.get("WXLOGIN_LOG_LEVEL")),
             parse_cache_seconds(
                 "WXLOGIN_EDGE_SESSION_CACHE", env.get("WXLOGIN_EDGE_SESSION_CACHE")
             ),
         )
-
-    @property
-    def url_host(self) -> str:
-        """The host as it goes in a URL (IPv6 in brackets)."""
-        return f"[{self.host}]" if ":" in self.host else self.host
-
-
-def parse_listen(variable: str, value: str | None) -> tuple[str, int]:
-    """HOST:PORT (or [V6]:PORT); port 0 picks a free port."""
-    value = value or DEFAULT_HTTP_LISTEN
-    host, sep, port = value.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(variable, f"expected HOST:PORT, got {value!r}")
-    return host, int(port)
 
 
 def parse_target(variable: str, value: str | None) -> str:
@@ -68,14 +44,6 @@ def parse_target(variable: str, value: str | None) -> str:
     if not target or any(char.isspace() for char in target):
         raise ConfigError(variable, f"expected a gRPC target such as HOST:PORT, got {value!r}")
     return target
-
-
-def parse_log_level(variable: str, value: str | None) -> str:
-    """A logging level name such as INFO or DEBUG (the service reads the same variable)."""
-    level = (value or "INFO").strip().upper()
-    if not isinstance(logging.getLevelName(level), int):
-        raise ConfigError(variable, f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
-    return level
 
 
 def parse_cache_seconds(variable: str, value: str | None) -> float:

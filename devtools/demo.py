@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from devtools.devstack import DEV_APP, DevStack
+
 DEFAULT_EDGE = "http://127.0.0.1:8080"
 DEFAULT_EMULATOR = "http://127.0.0.1:9090"
 # Short enough to watch a session expire, long enough for the steps before it.
@@ -196,8 +198,6 @@ async def _answers(http: aiohttp.ClientSession, url: str) -> bool:
 @asynccontextmanager
 async def own_stack(data_dir: Path) -> AsyncIterator[Stack]:
     """A temporary dev stack on free ports with short sessions; stopped on exit."""
-    from service.devstack import DEV_APP, DevStack  # the service's dev tooling, only here
-
     # WXLOGIN_* from the caller's shell could point at real WeChat: the demo
     # always plays against the emulator.
     env = {key: value for key, value in os.environ.items() if not key.startswith("WXLOGIN_")}
@@ -245,10 +245,8 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m clients.demo`."""
-    from service.devstack import DEV_APP
-
-    parser = argparse.ArgumentParser(prog="python -m clients.demo", description=__doc__)
+    """Entry point of `python -m devtools.demo`."""
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
     parser.add_argument("--edge", default=DEFAULT_EDGE, help=f"edge URL ({DEFAULT_EDGE})")
     parser.add_argument(
         "--emulator", default=DEFAULT_EMULATOR, help=f"emulator URL ({DEFAULT_EMULATOR})"

@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,8 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.children import Child, ChildError
+from devtools.children import Child, ChildError
+from runtime.serve import stop_on_signals, until_stopped
 from service.embedded_mongo import EmbeddedMongo, EmbeddedMongoError
 
 log = logging.getLogger("devstack")
@@ -185,7 +185,7 @@ def _demo_command(stack: DevStack) -> str:
     if stack.edge_url == "http://127.0.0.1:8080" and stack.emulator_url == "http://127.0.0.1:9090":
         return "make demo"
     return (
-        f".venv/bin/python -m clients.demo --edge {stack.edge_url} "
+        f".venv/bin/python -m devtools.demo --edge {stack.edge_url} "
         f"--emulator {stack.emulator_url} --app-id {DEV_APP}"
     )
 
@@ -228,10 +228,7 @@ def banner(stack: DevStack) -> str:
 
 async def run() -> int:
     """Run until Ctrl-C/SIGTERM or until a part dies; stop everything either way."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     data_dir = Path(os.environ.get("WXLOGIN_DATA_DIR") or ".data")
     stack = DevStack(
         data_dir,
@@ -242,14 +239,11 @@ async def run() -> int:
     try:
         async with stack:
             print(banner(stack), flush=True)
-            stopped = asyncio.ensure_future(stop.wait())
             died = asyncio.ensure_future(stack.wait_for_exit())
-            done, pending = await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
-            for future in pending:
-                future.cancel()
-            if died in done:
-                child = died.result()
-                print(f"devstack: {child.name} exited; stopping everything", file=sys.stderr)
+            if not await until_stopped(stop, died):
+                print(
+                    f"devstack: {died.result().name} exited; stopping everything", file=sys.stderr
+                )
                 return 1
             print("devstack: stopping (edge, service, emulator, mongod)...", file=sys.stderr)
     except (ChildError, EmbeddedMongoError, OSError) as error:

@@ -1,0 +1,7 @@
+"""Run-time helpers that the service, the clients and the tools share; imports none of them.
+
+config.py    ConfigError and the parsers every WXLOGIN_* reader uses (listen addresses, ...)
+logs.py      log set-up: one line per record on stderr, written in blocks
+serve.py     serve until SIGTERM/SIGINT
+process.py   child processes that die with their parent, and their "listening on" line
+"""

@@ -1,0 +1,60 @@
+"""What the service knows about users and sessions, as plain values (no MongoDB, no gRPC)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A user of one app: one per (app_id, openid)."""
+
+    user_id: str
+    app_id: str
+    openid: str
+    unionid: str | None
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session as stored; the session_key inside stays sealed until asked for."""
+
+    session_id: str
+    user: UserRecord
+    created_at: datetime
+    expires_at: datetime
+    sealed_session_key: bytes
+
+    def __repr__(self) -> str:
+        return f"SessionRecord(user_id={self.user.user_id!r}, expires_at={self.expires_at})"
+
+
+@dataclass(frozen=True)
+class NewLogin:
+    """A login to write: touch or create the user, open the session."""
+
+    app_id: str
+    openid: str
+    unionid: str | None
+    session_id: str
+    session_key: str
+    created_at: datetime
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"NewLogin(app_id={self.app_id!r}, openid={self.openid!r})"
+
+
+def utc_now_ms() -> datetime:
+    """Now, truncated to MongoDB's millisecond precision so stored and returned times agree."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class SavedLogin(NamedTuple):
+    """The outcome of writing one login: its session, and whether it created the user."""
+
+    session: SessionRecord
+    new_user: bool

@@ -1,0 +1,110 @@
+"""Sessions: log in with a WeChat code, check a token, revoke it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from service import crypto
+from service.apps import resolve_app
+from service.cache import SessionCache
+from service.errors import BadRequest, SessionExpired, SessionInvalid
+from service.records import NewLogin, SessionRecord, UserRecord, utc_now_ms
+from service.store import Store
+from service.wechat import WeChatClient
+
+log = logging.getLogger("service.auth")
+
+# WeChat's codes are 32 characters; anything far longer is not a code.
+_MAX_CODE_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """A new session: the token is shown to the caller once and never stored."""
+
+    token: str
+    expires_at: datetime
+    user: UserRecord
+    new_user: bool
+
+    def __repr__(self) -> str:
+        return f"LoginResult(user={self.user!r}, new_user={self.new_user})"
+
+
+class Sessions:
+    """Login, CheckSession and RevokeSession rules, independent of gRPC."""
+
+    def __init__(
+        self,
+        store: Store,
+        wechat: WeChatClient,
+        apps: Mapping[str, str],
+        *,
+        session_ttl: int,
+        cache: SessionCache,
+        now: Callable[[], datetime] = utc_now_ms,
+    ) -> None:
+        self._store = store
+        self._wechat = wechat
+        self._apps = apps
+        self._session_ttl = timedelta(seconds=session_ttl)
+        self._cache = cache
+        self._now = now
+
+    async def login(self, app_id: str, code: str, *, deadline: float | None) -> LoginResult:
+        """Exchange the code with WeChat, upsert the user and open a session."""
+        app_id = resolve_app(self._apps, app_id)
+        if not code:
+            raise BadRequest("code is empty")
+        if len(code) > _MAX_CODE_LENGTH:
+            raise BadRequest("code is too long to be a wx.login() code")
+        wx = await self._wechat.code2session(app_id, code, deadline=deadline)
+        now = self._now()
+        token = crypto.new_token()
+        saved = await self._store.save_login(
+            NewLogin(
+                app_id=app_id,
+                openid=wx.openid,
+                unionid=wx.unionid,
+                session_id=crypto.token_id(token),
+                session_key=wx.session_key,
+                created_at=now,
+                expires_at=now + self._session_ttl,
+            )
+        )
+        self._cache.put(saved.session)
+        user = saved.session.user
+        log.info("login user_id=%s app_id=%s new_user=%s", user.user_id, app_id, saved.new_user)
+        return LoginResult(token, saved.session.expires_at, user, saved.new_user)
+
+    async def check(self, token: str) -> SessionRecord:
+        """The live session behind a token, or SessionInvalid / SessionExpired."""
+        if not token:
+            raise BadRequest("token is empty")
+        if not crypto.is_well_formed_token(token):
+            raise SessionInvalid()
+        session_id = crypto.token_id(token)
+        now = self._now()
+        record = self._cache.get(session_id, now)
+        if record is None:
+            record = await self._store.find_session(session_id)
+            if record is None:
+                raise SessionInvalid()
+            self._cache.put(record)
+        # The TTL monitor deletes expired documents only eventually: decide here.
+        if now >= record.expires_at:
+            raise SessionExpired()
+        return record
+
+    async def revoke(self, token: str) -> None:
+        """End a session now; unknown and malformed tokens are already as good as revoked."""
+        if not token:
+            raise BadRequest("token is empty")
+        if not crypto.is_well_formed_token(token):
+            return
+        session_id = crypto.token_id(token)
+        self._cache.drop(session_id)
+        await self._store.delete_session(session_id)
