@@ -42,6 +42,8 @@ class NewLogin:
     session_key: str
     created_at: datetime
     expires_at: datetime
+    # loop.time() by which the caller wants its answer; None: no deadline.
+    deadline: float | None = None
 
     def __repr__(self) -> str:
         return f"NewLogin(app_id={self.app_id!r}, openid={self.openid!r})"

@@ -102,7 +102,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             auth_pb2.CheckSessionRequest, auth_pb2.CheckSessionResponse
         ],
     ) -> auth_pb2.CheckSessionResponse:
-        record = await self._sessions.check(request.token)
+        record = await self._sessions.check(request.token, deadline=_deadline(context))
         return auth_pb2.CheckSessionResponse(
             user=_user(record.user), expires_at=_timestamp(record.expires_at)
         )
@@ -116,7 +116,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         ],
     ) -> auth_pb2.DecryptUserDataResponse:
         result = await self._user_data.decrypt(
-            request.token, request.encrypted_data, request.iv, request.raw_data, request.signature
+            request.token,
+            request.encrypted_data,
+            request.iv,
+            request.raw_data,
+            request.signature,
+            deadline=_deadline(context),
         )
         data = struct_pb2.Struct()
         data.update(result.data)
@@ -133,5 +138,5 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             auth_pb2.RevokeSessionRequest, auth_pb2.RevokeSessionResponse
         ],
     ) -> auth_pb2.RevokeSessionResponse:
-        await self._sessions.revoke(request.token)
+        await self._sessions.revoke(request.token, deadline=_deadline(context))
         return auth_pb2.RevokeSessionResponse()

@@ -73,6 +73,7 @@ class Sessions:
                 session_key=wx.session_key,
                 created_at=now,
                 expires_at=now + self._session_ttl,
+                deadline=deadline,
             )
         )
         self._cache.put(saved.session)
@@ -80,7 +81,7 @@ class Sessions:
         log.info("login user_id=%s app_id=%s new_user=%s", user.user_id, app_id, saved.new_user)
         return LoginResult(token, saved.session.expires_at, user, saved.new_user)
 
-    async def check(self, token: str) -> SessionRecord:
+    async def check(self, token: str, *, deadline: float | None = None) -> SessionRecord:
         """The live session behind a token, or SessionInvalid / SessionExpired."""
         if not token:
             raise BadRequest("token is empty")
@@ -90,7 +91,7 @@ class Sessions:
         now = self._now()
         record = self._cache.get(session_id, now)
         if record is None:
-            record = await self._store.find_session(session_id)
+            record = await self._store.find_session(session_id, deadline=deadline)
             if record is None:
                 raise SessionInvalid()
             self._cache.put(record)
@@ -99,7 +100,7 @@ class Sessions:
             raise SessionExpired()
         return record
 
-    async def revoke(self, token: str) -> None:
+    async def revoke(self, token: str, *, deadline: float | None = None) -> None:
         """End a session now; unknown and malformed tokens are already as good as revoked."""
         if not token:
             raise BadRequest("token is empty")
@@ -107,4 +108,4 @@ class Sessions:
             return
         session_id = crypto.token_id(token)
         self._cache.drop(session_id)
-        await self._store.delete_session(session_id)
+        await self._store.delete_session(session_id, deadline=deadline)

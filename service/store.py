@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC
 from typing import Any
 
+import pymongo
 from bson import Binary, ObjectId
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
-from pymongo import ASCENDING, ReadPreference, UpdateOne
+from pymongo import ASCENDING, ReadPreference, UpdateOne, WriteConcern
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -20,6 +22,7 @@ from pymongo.errors import (
 
 from service.batching import GroupCommit
 from service.crypto import SessionKeyCipher
+from service.deadlines import budget
 from service.errors import InternalError, StoreUnavailable, WxLoginError
 from service.records import NewLogin, SavedLogin, SessionRecord, UserRecord
 
@@ -29,6 +32,14 @@ MotorDatabase = AsyncIOMotorDatabase[dict[str, Any]]
 MotorClient = AsyncIOMotorClient[dict[str, Any]]
 
 _DUPLICATE_KEY = 11000
+# A write that hands a token to a caller, or revokes one, is journaled and (on a
+# replica set) on a majority of members before we answer: a token handed out
+# survives any crash or failover, a revocation acknowledged stays revoked.
+# Without j, mongod flushes its journal only every ~100 ms: a SIGKILL right
+# after a burst of logins lost every token of the burst (tests/test_durability.py).
+DURABLE = WriteConcern(w="majority", j=True)
+# How long a store call may take when no caller deadline bounds it (start-up, tests).
+DEFAULT_BUDGET = 5.0
 
 
 def connect(uri: str, *, server_selection_timeout_ms: int = 3000) -> MotorClient:
@@ -45,14 +56,33 @@ def connect(uri: str, *, server_selection_timeout_ms: int = 3000) -> MotorClient
 
 
 @asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
+async def _translated(deadline: float | None = None) -> AsyncIterator[None]:
+    """Bound the MongoDB calls inside by the caller's deadline; our errors, never pymongo's.
+
+    pymongo.timeout() bounds server selection, the command and the majority
+    wait together (motor carries the setting into its executor thread).
+    """
+    seconds = budget(deadline, default=DEFAULT_BUDGET)
+    if seconds <= 0:
+        raise StoreUnavailable("no time left for the session store before the deadline")
     # MongoDB's error text can name hosts and internals: callers get our words only.
     try:
-        yield
+        # asyncio's timeout is the hard stop: pymongo's server selection only
+        # wakes every 500 ms, so alone it overshoots a deadline by up to that.
+        # pymongo's makes the executor thread give up too, instead of running on.
+        async with asyncio.timeout(seconds):
+            with pymongo.timeout(seconds):
+                yield
+    except TimeoutError:
+        log.warning("MongoDB did not answer within %.2fs", seconds)
+        raise StoreUnavailable() from None
     except (ConnectionFailure, ServerSelectionTimeoutError) as error:
         log.warning("MongoDB unavailable: %s", type(error).__name__)
         raise StoreUnavailable() from None
     except PyMongoError as error:
+        if error.timeout:  # the deadline came first: retryable, like an outage
+            log.warning("MongoDB did not answer in time: %s", type(error).__name__)
+            raise StoreUnavailable() from None
         log.error("MongoDB error: %s", error)
         raise InternalError() from None
 
@@ -69,8 +99,12 @@ class Store:
         batch_interval: float = 0.0,
     ) -> None:
         self._db = db
-        self._users = db["users"]
-        self._sessions = db["sessions"]
+        self._users = db.get_collection("users", write_concern=DURABLE)
+        self._sessions = db.get_collection("sessions", write_concern=DURABLE)
+        # motor's stubs type read_preference as the class; pymongo passes instances.
+        self._primary_sessions = self._sessions.with_options(
+            read_preference=ReadPreference.PRIMARY  # type: ignore[arg-type]
+        )
         self._cipher = cipher
         self._logins: GroupCommit[NewLogin, SavedLogin] = GroupCommit(
             self._write_logins, max_batch=max_batch, min_interval=batch_interval
@@ -103,15 +137,28 @@ class Store:
         already existed (for their ids) and one insert of all the sessions,
         instead of two round trips per login.
         """
-        return await self._logins.submit(login)
+        seconds = budget(login.deadline, default=float("inf"))
+        if seconds <= 0:
+            raise StoreUnavailable("no time left for the session store before the deadline")
+        try:
+            # The caller stops waiting before its deadline; the batch write itself
+            # is bounded by the latest deadline in its batch (see _write_logins).
+            # A session written after its caller left is never handed out: harmless.
+            return await asyncio.wait_for(
+                self._logins.submit(login), None if seconds == float("inf") else seconds
+            )
+        except TimeoutError:
+            log.warning("login write did not finish before the caller's deadline")
+            raise StoreUnavailable() from None
 
     async def close(self) -> None:
         """Finish the logins already submitted; call before closing the motor client."""
         await self._logins.aclose()
 
     async def _write_logins(self, logins: Sequence[NewLogin]) -> list[SavedLogin | Exception]:
+        deadline = _latest_deadline(logins)
         try:
-            users = await self._upsert_users(logins)
+            users = await self._upsert_users(logins, deadline)
         except WxLoginError as error:
             return [type(error)() for _ in logins]
         docs: list[dict[str, Any]] = []
@@ -136,7 +183,7 @@ class Store:
             )
             results.append(SavedLogin(record, new_user=False))
         try:
-            async with _translated():
+            async with _translated(deadline):
                 try:
                     await self._sessions.insert_many(docs, ordered=False)
                 except BulkWriteError as error:
@@ -144,6 +191,10 @@ class Store:
                     for failure in error.details.get("writeErrors", []):
                         log.error("session insert failed: MongoDB code %s", failure.get("code"))
                         results[failure["index"]] = InternalError()
+                    if error.details.get("writeConcernErrors"):
+                        # Written, maybe, but not durably acknowledged: no token
+                        # may be handed out on it. Fails the whole batch.
+                        raise
         except WxLoginError as error:
             return [type(error)() for _ in logins]
         # new_user goes to the first login of a new user that got its session
@@ -157,7 +208,7 @@ class Store:
         return results
 
     async def _upsert_users(
-        self, logins: Sequence[NewLogin]
+        self, logins: Sequence[NewLogin], deadline: float | None
     ) -> dict[tuple[str, str], tuple[UserRecord, NewLogin | None]]:
         """Each (app_id, openid) of the batch -> its user, and the login that created it."""
         first: dict[tuple[str, str], NewLogin] = {}
@@ -187,7 +238,7 @@ class Store:
         ]
         created: set[int] = set()
         pending = list(range(len(keys)))
-        async with _translated():
+        async with _translated(deadline):
             # Two racing upserts of a new key can both try to insert; the loser
             # gets a duplicate key error and, retried, finds the winner's document.
             for attempt in (1, 2):
@@ -244,10 +295,14 @@ class Store:
         cursor = users.find(query, projection, batch_size=len(keys))
         return {(doc["app_id"], doc["openid"]): doc async for doc in cursor}
 
-    async def find_session(self, session_id: str) -> SessionRecord | None:
+    async def find_session(
+        self, session_id: str, *, deadline: float | None = None
+    ) -> SessionRecord | None:
         """The stored session, expired or not (the caller compares expires_at)."""
-        async with _translated():
-            doc = await self._sessions.find_one({"_id": session_id})
+        async with _translated(deadline):
+            # From the primary: a session majority-written a moment ago is there
+            # even when the URI prefers secondaries.
+            doc = await self._primary_sessions.find_one({"_id": session_id})
         if doc is None:
             return None
         user = UserRecord(str(doc["user_id"]), doc["app_id"], doc["openid"], doc.get("unionid"))
@@ -255,9 +310,9 @@ class Store:
             session_id, user, doc["created_at"], doc["expires_at"], bytes(doc["session_key"])
         )
 
-    async def delete_session(self, session_id: str) -> None:
-        """Remove a session (log out); removing an absent one is not an error."""
-        async with _translated():
+    async def delete_session(self, session_id: str, *, deadline: float | None = None) -> None:
+        """Remove a session (log out), durably; removing an absent one is not an error."""
+        async with _translated(deadline):
             await self._sessions.delete_one({"_id": session_id})
 
     def open_session_key(self, record: SessionRecord) -> str:
@@ -268,6 +323,14 @@ class Store:
             # Wrong WXLOGIN_SECRET_KEY or a tampered document: say so to operators.
             log.error("session_key of user_id=%s cannot be unsealed", record.user.user_id)
             raise InternalError() from None
+
+
+def _latest_deadline(logins: Sequence[NewLogin]) -> float | None:
+    """The batch may take as long as its most patient caller; None if one has no deadline."""
+    deadlines = [login.deadline for login in logins]
+    if any(deadline is None for deadline in deadlines):
+        return None
+    return max(deadline for deadline in deadlines if deadline is not None)
 
 
 def _touched_fields(login: NewLogin, unionid: str | None) -> dict[str, Any]:

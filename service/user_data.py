@@ -50,6 +50,8 @@ class UserDataDecryptor:
         iv: str,
         raw_data: str = "",
         signature: str = "",
+        *,
+        deadline: float | None = None,
     ) -> UserData:
         """Decrypt encryptedData with the session's key and check signature and watermark."""
         for name, value in (("encrypted_data", encrypted_data), ("iv", iv)):
@@ -59,7 +61,7 @@ class UserDataDecryptor:
                 raise BadRequest(f"{name} is too long")
         if bool(raw_data) != bool(signature):
             raise BadRequest("raw_data and signature go together: give both or neither")
-        record = await self._sessions.check(token)
+        record = await self._sessions.check(token, deadline=deadline)
         session_key = self._store.open_session_key(record)
         if signature and not crypto.signature_matches(raw_data, session_key, signature):
             raise SignatureMismatch()

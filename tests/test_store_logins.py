@@ -132,6 +132,7 @@ async def test_an_unreachable_mongodb_fails_every_login_of_the_batch(settings: S
 
 
 async def test_close_finishes_what_was_submitted(store: Store, db: Any) -> None:
+    """Closing the store saves a login already submitted, then refuses new ones."""
     login = new_login("hana")
     pending = asyncio.create_task(store.save_login(login))
     await asyncio.sleep(0)
