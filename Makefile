@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := protos/wxlogin/v1/auth.proto
 PROTO_OUT := wxlogin/v1/auth_pb2.py wxlogin/v1/auth_pb2_grpc.py wxlogin/v1/auth_pb2.pyi wxlogin/v1/auth_pb2_grpc.pyi
 
-.PHONY: help venv proto run service emulator edge test lint typecheck check demo bench bench-smoke clean
+.PHONY: help venv tools proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke clean
 
 help:
 	@echo "make run        start the dev stack (embedded mongod, WeChat emulator, service, edge)"
-	@echo "make test       install everything needed and run the whole test suite"
+	@echo "make test       install everything needed, then lint, typecheck and the whole test suite"
 	@echo "make demo       walk a simulated mini-program through the flow against a dev stack"
 	@echo "make bench      benchmarks against bare baselines (results in bench/results/)"
 	@echo "make lint | typecheck | check | proto | clean"
@@ -50,8 +50,25 @@ emulator: proto
 edge: proto
 	$(PY) -m clients.edge
 
-test: proto
-	$(PY) -m pytest
+# The programs the suite drives besides Python: h2load and wrk (bench smoke),
+# node (the mini-program sample's test). Installed with apt when missing.
+TOOLS := h2load:nghttp2-client wrk:wrk node:nodejs
+tools:
+	@missing=""; for pair in $(TOOLS); do \
+	    command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing with apt:$$missing"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# What CI runs (.ci/run): the house rules first, then every test with branch coverage.
+test: lint typecheck pytest
+
+check: test
+
+pytest: proto tools
+	$(PY) -m pytest --cov --cov-report=term
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -60,18 +77,14 @@ lint: $(STAMP)
 typecheck: proto
 	$(PY) -m mypy
 
-check: lint typecheck test
-
 demo: proto
 	$(PY) -m devtools.demo
 
-# Needs the C load generators; installs them (Debian/Ubuntu, as root) when missing.
-bench: proto
-	@command -v h2load >/dev/null && command -v wrk >/dev/null || \
-	    { apt-get update && apt-get install -y nghttp2-client wrk; }
+# Needs the C load generators; `tools` installs them when missing.
+bench: proto tools
 	$(PY) -m bench --profile
 
-bench-smoke: proto
+bench-smoke: proto tools
 	$(PY) -m bench --smoke
 
 clean:

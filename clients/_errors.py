@@ -15,7 +15,8 @@
     ├── PermissionDenied              PERMISSION_DENIED
     │   ├── UserBlocked               USER_BLOCKED
     │   └── WatermarkMismatch         WATERMARK_MISMATCH
-    ├── RateLimited                   RESOURCE_EXHAUSTED, RATE_LIMITED
+    ├── RateLimited                   RESOURCE_EXHAUSTED, RATE_LIMITED: slow down
+    │   └── Overloaded                OVERLOADED (wxlogin sheds load; back off, then retry)
     ├── Unavailable                   UNAVAILABLE: retry later
     │   ├── WeChatUnavailable         WECHAT_UNAVAILABLE
     │   ├── WeChatError               WECHAT_ERROR (errcode in .metadata)
@@ -128,6 +129,10 @@ class RateLimited(WxLoginError):
     default_reason = "RATE_LIMITED"
 
 
+class Overloaded(RateLimited):
+    default_reason = "OVERLOADED"
+
+
 class Unavailable(WxLoginError):
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "SERVICE_UNAVAILABLE"
@@ -176,6 +181,7 @@ BY_REASON: Mapping[str, type[WxLoginError]] = {
         UserBlocked,
         WatermarkMismatch,
         RateLimited,
+        Overloaded,
         WeChatUnavailable,
         WeChatError,
         StoreUnavailable,

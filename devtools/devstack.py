@@ -2,8 +2,10 @@
 
 With nothing configured it runs everything locally against the emulator and
 says so loudly. With WXLOGIN_APPS set it runs just the service and the edge
-against the configured WeChat (and MongoDB, or the embedded one). Demo and
-benchmarks reuse `DevStack` with free ports and their own data dirs.
+against the configured WeChat (and MongoDB, or the embedded one). The embedded
+MongoDB is one mongod, or with WXLOGIN_DEV_MONGO_REPLICAS=3 a 3-member replica
+set (to try failover at a desk). If a child or a mongod dies, the stack stops.
+Demo and benchmarks reuse `DevStack` with free ports and their own data dirs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +26,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.children import Child, ChildError
+from devtools.replica_set import ReplicaSet
+from runtime.config import ConfigError
 from runtime.serve import stop_on_signals, until_stopped
 from service.embedded_mongo import EmbeddedMongo, EmbeddedMongoError
 
@@ -31,6 +36,24 @@ log = logging.getLogger("devstack")
 # The emulator's apps; their secrets are public on purpose (see emulator/__main__.py).
 DEV_APPS = "wxdev0000000000001:devsecret1,wxdev0000000000002:devsecret2"
 DEV_APP = DEV_APPS.split(":", 1)[0]
+
+REPLICAS_VARIABLE = "WXLOGIN_DEV_MONGO_REPLICAS"
+
+
+def parse_replicas(env: Mapping[str, str]) -> int:
+    """WXLOGIN_DEV_MONGO_REPLICAS: 1 (unset) for one mongod, 3 for a replica set."""
+    text = (env.get(REPLICAS_VARIABLE) or "1").strip()
+    if text not in ("1", "3"):
+        raise ConfigError(
+            REPLICAS_VARIABLE, f"expected 1 (one mongod) or 3 (a replica set), got {text!r}"
+        )
+    if text == "3" and env.get("WXLOGIN_MONGODB_URI"):
+        # Silently running on the external MongoDB would leave someone trying
+        # failover on a database that has none.
+        raise ConfigError(
+            REPLICAS_VARIABLE, "3 starts an embedded replica set, but WXLOGIN_MONGODB_URI is set"
+        )
+    return int(text)
 
 
 def dev_secret_key(data_dir: Path) -> str:
@@ -62,13 +85,14 @@ class DevStack:
         self.data_dir = data_dir
         self._env = dict(os.environ if env is None else env)
         self.uses_emulator = not self._env.get("WXLOGIN_APPS")
+        self.mongo_replicas = parse_replicas(self._env)
         self._emulator_listen = emulator_listen
         self._grpc_listen = grpc_listen
         self._http_listen = http_listen
         self._service_processes = service_processes
         self._with_edge = with_edge and _edge_installed()
         self._log_dir = log_dir
-        self._mongo: EmbeddedMongo | None = None
+        self._mongo: EmbeddedMongo | ReplicaSet | None = None
         self.children: list[Child] = []
         self.emulator_url = ""
         self.grpc_target = ""
@@ -115,7 +139,11 @@ class DevStack:
         if not env.get("WXLOGIN_MONGODB_URI"):
             # Started here rather than by the service, so several service
             # processes can share one database.
-            self._mongo = EmbeddedMongo(self.data_dir)
+            if self.mongo_replicas == 1:
+                self._mongo = EmbeddedMongo(self.data_dir)
+            else:
+                # Its own directory: a standalone's data cannot join a set.
+                self._mongo = ReplicaSet(self.data_dir / "replica-set", members=self.mongo_replicas)
             env["WXLOGIN_MONGODB_URI"] = await self._mongo.start()
         self.mongodb_uri = env["WXLOGIN_MONGODB_URI"]
 
@@ -136,6 +164,26 @@ class DevStack:
     def embedded_mongo(self) -> bool:
         return self._mongo is not None
 
+    def mongo_description(self) -> str:
+        """Which MongoDB the stack runs on, for the banner."""
+        if isinstance(self._mongo, ReplicaSet):
+            return (
+                f"embedded {len(self._mongo.members)}-member replica set {self._mongo.name}, "
+                f"data in {self._mongo.data_dir}"
+            )
+        if self._mongo is not None:
+            return f"embedded mongod (standalone), data in {self.data_dir}"
+        return "external (WXLOGIN_MONGODB_URI)"
+
+    def _mongods(self) -> dict[str, EmbeddedMongo]:
+        """Each embedded mongod by the name a person reads in "... exited"."""
+        if isinstance(self._mongo, ReplicaSet):
+            return {
+                f"mongod (replica-set member {index}, port {member.port})": member
+                for index, member in enumerate(self._mongo.members)
+            }
+        return {} if self._mongo is None else {"mongod": self._mongo}
+
     async def stop(self) -> None:
         """Stop children newest first (edge, services, emulator), then mongod."""
         while self.children:
@@ -144,15 +192,36 @@ class DevStack:
             await self._mongo.stop()
             self._mongo = None
 
-    async def wait_for_exit(self) -> Child:
-        """Return the first child that exits by itself."""
-        waits = {asyncio.ensure_future(child.wait()): child for child in self.children}
+    async def wait_for_exit(self) -> str:
+        """Until a child or an embedded mongod exits by itself; one line saying which and how.
+
+        A mongod counts as much as a child: a service whose database died only
+        answers STORE_UNAVAILABLE, which is easy to miss in a terminal, and a
+        mongod restarted by hand would be no child of ours and outlive the stack.
+        """
+        waits: dict[asyncio.Future[int], str] = {
+            asyncio.ensure_future(child.wait()): child.name for child in self.children
+        }
+        logs: dict[str, Path] = {}
+        for name, mongod in self._mongods().items():
+            waits[asyncio.ensure_future(mongod.wait())] = name
+            logs[name] = mongod.log_path
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for future in waits:
                 future.cancel()
-        return waits[done.pop()]
+        finished = done.pop()
+        name = waits[finished]
+        where = f" (log: {logs[name]})" if name in logs else ""
+        return f"{name} {_how_it_ended(finished.result())}{where}"
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 def _edge_installed() -> bool:
@@ -206,9 +275,9 @@ def banner(stack: DevStack) -> str:
         lines.append(f"  HTTP edge {stack.edge_url}")
     if stack.emulator_url:
         lines.append(f"  emulator  {stack.emulator_url}")
-    lines.append(
-        f"  MongoDB   {'embedded, data in ' + str(stack.data_dir) if stack._mongo else 'external'}"
-    )
+    lines.append(f"  MongoDB   {stack.mongo_description()}")
+    if stack.embedded_mongo:
+        lines.append(f"            {stack.mongodb_uri}")  # for mongosh, or to kill a member
     if stack.uses_emulator:
         lines += [
             "",
@@ -230,23 +299,21 @@ async def run() -> int:
     """Run until Ctrl-C/SIGTERM or until a part dies; stop everything either way."""
     stop = stop_on_signals()
     data_dir = Path(os.environ.get("WXLOGIN_DATA_DIR") or ".data")
-    stack = DevStack(
-        data_dir,
-        emulator_listen=os.environ.get("WXLOGIN_EMULATOR_LISTEN") or "127.0.0.1:9090",
-        grpc_listen=os.environ.get("WXLOGIN_GRPC_LISTEN") or "127.0.0.1:50051",
-        http_listen=os.environ.get("WXLOGIN_HTTP_LISTEN") or "127.0.0.1:8080",
-    )
     try:
+        stack = DevStack(
+            data_dir,
+            emulator_listen=os.environ.get("WXLOGIN_EMULATOR_LISTEN") or "127.0.0.1:9090",
+            grpc_listen=os.environ.get("WXLOGIN_GRPC_LISTEN") or "127.0.0.1:50051",
+            http_listen=os.environ.get("WXLOGIN_HTTP_LISTEN") or "127.0.0.1:8080",
+        )
         async with stack:
             print(banner(stack), flush=True)
             died = asyncio.ensure_future(stack.wait_for_exit())
             if not await until_stopped(stop, died):
-                print(
-                    f"devstack: {died.result().name} exited; stopping everything", file=sys.stderr
-                )
+                print(f"devstack: {died.result()}; stopping everything", file=sys.stderr)
                 return 1
             print("devstack: stopping (edge, service, emulator, mongod)...", file=sys.stderr)
-    except (ChildError, EmbeddedMongoError, OSError) as error:
+    except (ChildError, ConfigError, EmbeddedMongoError, OSError) as error:
         print(f"devstack: {error}", file=sys.stderr)
         return 1
     print("devstack: stopped", file=sys.stderr)

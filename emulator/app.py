@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
 from http import HTTPStatus
@@ -14,6 +15,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from emulator.state import (
+    CHAOS_KINDS,
+    Chaos,
     EmulatorState,
     Fault,
     NeverLoggedInError,
@@ -39,6 +42,9 @@ def init_app(
     app.router.add_get("/_dev/faults", dev_list_faults)
     app.router.add_post("/_dev/faults", dev_add_fault)
     app.router.add_delete("/_dev/faults", dev_clear_faults)
+    app.router.add_get("/_dev/chaos", dev_chaos)
+    app.router.add_post("/_dev/chaos", dev_set_chaos)
+    app.router.add_delete("/_dev/chaos", dev_clear_chaos)
     app.router.add_get("/_dev/stats", dev_stats)
     app.router.add_post("/_dev/stats/reset", dev_reset_stats)
     return app
@@ -73,6 +79,11 @@ def _exchange(state: EmulatorState, request: web.Request) -> web.Response:
 
 def _faulted(state: EmulatorState, request: web.Request, fault: Fault) -> web.Response | None:
     """The answer ``fault`` calls for; None means drop the connection."""
+    if not fault.spoils_answer:
+        return _exchange(state, request)
+    if fault.use_code:
+        # WeChat did the exchange, so the code is spent, and then the answer went wrong.
+        _exchange(state, request)
     if fault.drop:
         return None
     if fault.http_status is not None:
@@ -91,14 +102,12 @@ def _faulted(state: EmulatorState, request: web.Request, fault: Fault) -> web.Re
             text=f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>",
             content_type="text/html",
         )
-    if fault.errcode is not None:
-        # Answered without looking at the code, so the code stays usable.
-        return _wechat_response({"errcode": fault.errcode, "errmsg": "forced"})
-    return _exchange(state, request)
+    # Without use_code, answered without looking at the code, so the code stays usable.
+    return _wechat_response({"errcode": fault.errcode, "errmsg": "forced"})
 
 
 async def jscode2session(request: web.Request) -> web.StreamResponse:
-    """``GET /sns/jscode2session``: exchange a login code, subject to queued faults."""
+    """``GET /sns/jscode2session``: exchange a login code, subject to queued faults and chaos."""
     state = request.app[STATE]
     fault = state.begin_jscode2session()
     if fault is None:
@@ -266,7 +275,9 @@ async def dev_list_faults(request: web.Request) -> web.Response:
 
 async def dev_add_fault(request: web.Request) -> web.Response:
     """``POST /_dev/faults``: queue a fault for the next jscode2session requests."""
-    body = await _body(request, {"latency_ms", "errcode", "http_status", "drop", "times"})
+    body = await _body(
+        request, {"latency_ms", "errcode", "http_status", "drop", "times", "use_code"}
+    )
     fault = Fault(
         latency_ms=_int(body, "latency_ms", low=0) or 0,
         errcode=_int(body, "errcode"),
@@ -274,6 +285,7 @@ async def dev_add_fault(request: web.Request) -> web.Response:
         http_status=_int(body, "http_status", low=200, high=599),
         drop=_bool(body, "drop"),
         times=_int(body, "times", low=1),
+        use_code=_bool(body, "use_code"),
     )
     state = request.app[STATE]
     state.add_fault(fault)
@@ -285,6 +297,58 @@ async def dev_clear_faults(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.clear_faults()
     return _faults_answer(state)
+
+
+def _kinds(body: Mapping[str, Any]) -> tuple[str, ...]:
+    kinds = body.get("kinds")
+    if kinds is None:
+        return CHAOS_KINDS
+    known = ", ".join(CHAOS_KINDS)
+    if not isinstance(kinds, list) or not kinds:
+        raise _BadInput(f"kinds must be a non-empty list of: {known}")
+    if any(kind not in CHAOS_KINDS for kind in kinds):
+        raise _BadInput(f"kinds may only name: {known}")
+    if len(set(kinds)) != len(kinds):
+        raise _BadInput("kinds must not repeat")
+    return tuple(kinds)
+
+
+async def dev_chaos(request: web.Request) -> web.Response:
+    """``GET /_dev/chaos``: the random-fault setting and what it has injected so far."""
+    return web.json_response(request.app[STATE].chaos_report())
+
+
+async def dev_set_chaos(request: web.Request) -> web.Response:
+    """``POST /_dev/chaos``: fail each jscode2session request with probability ``rate``."""
+    body = await _body(request, {"rate", "seed", "kinds", "stall_ms"})
+    rate = body.get("rate")
+    # json.loads accepts NaN, which compares false with everything and would pass a range check.
+    if (
+        not isinstance(rate, int | float)
+        or isinstance(rate, bool)
+        or not math.isfinite(rate)
+        or not 0 <= rate <= 1
+    ):
+        raise _BadInput("rate must be a number from 0 to 1")
+    seed = _int(body, "seed")
+    stall_ms = _int(body, "stall_ms", low=0, high=60_000)
+    chaos = Chaos(
+        rate=float(rate),
+        # Without a seed, one is chosen and answered, so a run can still be repeated.
+        seed=secrets.randbelow(2**32) if seed is None else seed,
+        kinds=_kinds(body),
+        stall_ms=Chaos.stall_ms if stall_ms is None else stall_ms,
+    )
+    state = request.app[STATE]
+    state.set_chaos(chaos)
+    return web.json_response(state.chaos_report())
+
+
+async def dev_clear_chaos(request: web.Request) -> web.Response:
+    """``DELETE /_dev/chaos``: stop random faults; answers the final counts."""
+    state = request.app[STATE]
+    state.clear_chaos()
+    return web.json_response(state.chaos_report())
 
 
 async def dev_stats(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import heapq
 import json
+import random
 import secrets
 import time
 from collections import deque
@@ -79,13 +80,23 @@ class _Code:
 
 @dataclass(frozen=True)
 class Fault:
-    """A misbehaviour for the next ``times`` jscode2session requests (None: until cleared)."""
+    """A misbehaviour for the next ``times`` jscode2session requests (None: until cleared).
+
+    ``use_code``: WeChat performs the exchange (the code is spent) before the answer goes
+    wrong, as when its reply is lost on the way back; without it the code stays usable.
+    """
 
     latency_ms: int = 0
     errcode: int | None = None
     http_status: int | None = None
     drop: bool = False
     times: int | None = None
+    use_code: bool = False
+
+    @property
+    def spoils_answer(self) -> bool:
+        """Whether the answer is something other than the real exchange's (merely late)."""
+        return self.drop or self.http_status is not None or self.errcode is not None
 
     def as_json(self) -> dict[str, Any]:
         """The fault as the dev API shows it."""
@@ -95,6 +106,37 @@ class Fault:
             "http_status": self.http_status,
             "drop": self.drop,
             "times": self.times,
+            "use_code": self.use_code,
+        }
+
+
+# What each chaos kind stands for: WeChat's -1 "system busy", a gateway's 500/502/503, a
+# reply lost after WeChat spent the code, and a slow answer that does arrive.
+CHAOS_KINDS = ("busy", "http5xx", "drop", "stall")
+CHAOS_HTTP_STATUSES = (500, 502, 503)
+SYSTEM_BUSY = -1
+
+
+@dataclass(frozen=True)
+class Chaos:
+    """Random faults: each jscode2session request fails with probability ``rate``.
+
+    The kind is drawn from ``kinds`` by a ``random.Random(seed)``, so the same seed and
+    the same order of requests give the same faults.
+    """
+
+    rate: float
+    seed: int
+    kinds: tuple[str, ...] = CHAOS_KINDS
+    stall_ms: int = 2000
+
+    def as_json(self) -> dict[str, Any]:
+        """The setting as the dev API shows it."""
+        return {
+            "rate": self.rate,
+            "seed": self.seed,
+            "kinds": list(self.kinds),
+            "stall_ms": self.stall_ms,
         }
 
 
@@ -141,6 +183,10 @@ class EmulatorState:
         self._expiry: list[tuple[float, str]] = []
         self._faults: deque[Fault] = deque()
         self.jscode2session_requests = 0
+        self._chaos: Chaos | None = None
+        self._chaos_rng = random.Random()
+        self._chaos_drawn = 0  # requests chaos decided about since it was set
+        self._chaos_injected: dict[str, int] = dict.fromkeys(CHAOS_KINDS, 0)
 
     # -- users and logins (the dev API) ---------------------------------------------------
 
@@ -261,10 +307,13 @@ class EmulatorState:
         return list(self._faults)
 
     def begin_jscode2session(self) -> Fault | None:
-        """Count one jscode2session request and take the fault, if any, that applies to it."""
+        """Count one jscode2session request and take the fault, if any, that applies to it.
+
+        Queued faults go first; chaos draws only for requests that no queued fault took.
+        """
         self.jscode2session_requests += 1
         if not self._faults:
-            return None
+            return self._chaos_fault()
         fault = self._faults[0]
         if fault.times is not None:
             if fault.times <= 1:
@@ -272,6 +321,43 @@ class EmulatorState:
             else:
                 self._faults[0] = replace(fault, times=fault.times - 1)
         return fault
+
+    def set_chaos(self, chaos: Chaos) -> None:
+        """Start random faults (replacing earlier ones): reseed, zero the counts."""
+        self._chaos = chaos
+        self._chaos_rng = random.Random(chaos.seed)
+        self._chaos_drawn = 0
+        self._chaos_injected = dict.fromkeys(CHAOS_KINDS, 0)
+
+    def clear_chaos(self) -> None:
+        """Stop random faults; the counts stay readable until the next ``set_chaos``."""
+        self._chaos = None
+
+    def chaos_report(self) -> dict[str, Any]:
+        """The setting (None when off), how many requests it decided about, faults by kind."""
+        return {
+            "chaos": None if self._chaos is None else self._chaos.as_json(),
+            "requests": self._chaos_drawn,
+            "injected": dict(self._chaos_injected),
+        }
+
+    def _chaos_fault(self) -> Fault | None:
+        chaos = self._chaos
+        if chaos is None:
+            return None
+        self._chaos_drawn += 1
+        rng = self._chaos_rng
+        if rng.random() >= chaos.rate:
+            return None
+        kind = rng.choice(chaos.kinds)
+        self._chaos_injected[kind] += 1
+        if kind == "busy":
+            return Fault(errcode=SYSTEM_BUSY)
+        if kind == "http5xx":
+            return Fault(http_status=rng.choice(CHAOS_HTTP_STATUSES))
+        if kind == "drop":
+            return Fault(drop=True, use_code=True)
+        return Fault(latency_ms=chaos.stall_ms)
 
     def reset_stats(self) -> None:
         """Zero the request counter."""

@@ -17,13 +17,15 @@ from service.cache import SessionCache
 from service.crypto import SessionKeyCipher
 from service.embedded_mongo import EmbeddedMongo
 from service.errors import StoreUnavailable
+from service.limits import InFlightLimits
+from service.rpc_handlers import add_auth_service
 from service.servicer import AuthServicer
 from service.sessions import Sessions
 from service.settings import ConfigError, Settings
 from service.store import Store, connect
 from service.user_data import UserDataDecryptor
 from service.wechat import WeChatClient, new_http_session
-from wxlogin.v1 import auth_pb2, auth_pb2_grpc
+from wxlogin.v1 import auth_pb2
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ async def running_service(
             mongo_client[settings.database],
             SessionKeyCipher(settings.secret_key),
             batch_interval=settings.login_batch_interval,
+            max_waiting_logins=settings.max_waiting_logins,
         )
         stack.push_async_callback(store.close)
         try:
@@ -105,7 +108,13 @@ async def running_service(
                 ("grpc.so_reuseport", 1),
             ]
         )
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sessions, user_data), server)
+        limits = InFlightLimits(
+            {
+                "login": settings.max_in_flight_logins,
+                "session": settings.max_in_flight_session_calls,
+            }
+        )
+        add_auth_service(AuthServicer(sessions, user_data, limits), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

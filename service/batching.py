@@ -39,9 +39,14 @@ Result = TypeVar("Result")
 BatchWrite = Callable[[Sequence[Item]], Awaitable[Sequence[Result | Exception]]]
 
 
+class QueueFull(Exception):
+    """Too many items already wait for a write; the caller should shed this one."""
+
+
 class GroupCommit(Generic[Item, Result]):
     """Coalesces concurrent `submit()`s into calls of `write` with up to `max_batch` items.
 
+    `max_waiting`: submissions beyond this many waiting items raise QueueFull.
     `min_interval`: while the event loop is saturated (it takes longer than
     `busy_lag` to come back to the writer), writes start at most once per this
     many seconds. An item that finds the writer idle is written at once.
@@ -52,11 +57,15 @@ class GroupCommit(Generic[Item, Result]):
         write: BatchWrite[Item, Result],
         *,
         max_batch: int = 256,
+        max_waiting: int | None = None,
         min_interval: float = 0.0,
         busy_lag: float = 0.001,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        # Items waiting for a write beyond this are refused (QueueFull): a stalled
+        # database must not grow the queue, and the memory behind it, without end.
+        self._max_waiting = max_waiting
         self._write = write
         self._max_batch = max_batch
         self._min_interval = min_interval
@@ -73,6 +82,8 @@ class GroupCommit(Generic[Item, Result]):
         """
         if self._closed:
             raise RuntimeError("GroupCommit is closed")
+        if self._max_waiting is not None and len(self._queue) >= self._max_waiting:
+            raise QueueFull(f"{len(self._queue)} items already wait for a write")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._writer is None:

@@ -40,14 +40,24 @@ def free_port() -> int:
 
 
 class EmbeddedMongo:
-    """One mongod on 127.0.0.1 with its data under `data_dir`; data survives restarts."""
+    """One mongod on 127.0.0.1 with its data under `data_dir`; data survives restarts.
+
+    With `replica_set` it is one member of that set (devtools/replica_set.py
+    initiates the set); start, stop and "is it up" stay here, in one place.
+    """
 
     def __init__(
-        self, data_dir: Path, *, port: int | None = None, ttl_monitor_seconds: int | None = None
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        ttl_monitor_seconds: int | None = None,
+        replica_set: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self._ttl_monitor_seconds = ttl_monitor_seconds
+        self._replica_set = replica_set
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -57,6 +67,12 @@ class EmbeddedMongo:
     @property
     def log_path(self) -> Path:
         return self.data_dir / "mongod.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The running mongod's pid; None when it is not running."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
 
     async def start(self, wait_seconds: float = 60.0) -> str:
         """Start mongod and wait until it accepts connections; returns its URI."""
@@ -75,6 +91,12 @@ class EmbeddedMongo:
         ]  # fmt: skip
         if self._ttl_monitor_seconds is not None:
             args += ["--setParameter", f"ttlMonitorSleepSecs={self._ttl_monitor_seconds}"]
+        if self._replica_set is not None:
+            args += ["--replSet", self._replica_set]
+            # A signalled member otherwise waits up to 15 s (quiesce, a primary's
+            # step-down) for clients and secondaries; a dev or test set stops
+            # all members together, so nobody is left to wait for.
+            args += ["--setParameter", "shutdownTimeoutMillisForSignaledShutdown=1000"]
         self._process = await asyncio.create_subprocess_exec(
             *dies_with_parent(args),
             stdin=subprocess.DEVNULL,
@@ -116,6 +138,24 @@ class EmbeddedMongo:
             log.warning("embedded mongod ignored SIGTERM; killing it")
             process.kill()
             await process.wait()
+
+    async def wait(self) -> int:
+        """Until this mongod exits, however that happens; its exit code (-9: SIGKILL).
+
+        The dev stack waits on this to notice a mongod that died under it.
+        """
+        process = self._process
+        if process is None:
+            raise EmbeddedMongoError("embedded mongod is not running")
+        return await process.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL mongod, as a crash would; `start()` brings it back on the same port and data."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.kill()
+        await process.wait()
 
     def _last_log_error(self) -> str:
         # mongod logs JSON lines; the last fatal/error message says why it died

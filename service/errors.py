@@ -16,6 +16,7 @@
     ├── WatermarkExpired            WATERMARK_EXPIRED    INVALID_ARGUMENT
     ├── SignatureMismatch           SIGNATURE_MISMATCH   INVALID_ARGUMENT
     ├── StoreUnavailable            STORE_UNAVAILABLE    UNAVAILABLE
+    ├── Overloaded                  OVERLOADED           RESOURCE_EXHAUSTED
     └── InternalError               INTERNAL             INTERNAL
 
 Messages are written for the caller: they never carry secrets, tokens, stack
@@ -124,6 +125,11 @@ class StoreUnavailable(WxLoginError):
     default_message = "session store is unavailable; retry later"
 
 
+class Overloaded(WxLoginError):
+    reason = "OVERLOADED"
+    default_message = "wxlogin is shedding load; retry with backoff"
+
+
 class InternalError(WxLoginError):
     reason = "INTERNAL"
     default_message = "internal error"
@@ -146,6 +152,7 @@ REASON_CODES: Mapping[str, grpc.StatusCode] = {
     "WATERMARK_EXPIRED": grpc.StatusCode.INVALID_ARGUMENT,
     "SIGNATURE_MISMATCH": grpc.StatusCode.INVALID_ARGUMENT,
     "STORE_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "OVERLOADED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
 

@@ -12,13 +12,19 @@ from typing import TypeVar
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from runtime.ratelimited_log import RateLimitedLog
 from service.errors import BadRequest, InternalError, WxLoginError, to_grpc_status
+from service.limits import InFlightLimits
 from service.records import UserRecord
+from service.rpc_handlers import Undecodable
 from service.sessions import Sessions
 from service.user_data import UserDataDecryptor
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
+# Crashes and rejected input can repeat on every request; one line (or one
+# traceback) per cause per minute, with the count of the rest, is enough to act on.
+_quiet = RateLimitedLog(log)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -27,25 +33,39 @@ Handler = Callable[["AuthServicer", Req, grpc.aio.ServicerContext[Req, Resp]], A
 
 def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Turn every failure into a status with ErrorInfo; nothing internal leaks."""
+    name = handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(
-        self: AuthServicer, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+        self: AuthServicer,
+        request: Req | Undecodable,
+        context: grpc.aio.ServicerContext[Req, Resp],
     ) -> Resp:
-        try:
-            return await handler(self, request, context)
-        except WxLoginError as known:
-            error: WxLoginError = known
-            log.info("%s failed: %s", handler.__name__, error.reason)
-        except (ValueError, TypeError) as malformed:
-            # e.g. a Struct that can't hold the decrypted JSON; never a traceback.
-            log.warning("%s rejected input: %s", handler.__name__, type(malformed).__name__)
-            error = BadRequest("request could not be processed")
-        except asyncio.CancelledError:
-            raise  # the caller went away or the deadline passed
-        except Exception:
-            log.exception("%s crashed", handler.__name__)
-            error = InternalError()
+        if isinstance(request, Undecodable):
+            # Already logged, rate-limited, where the bytes failed to parse
+            # (service/rpc_handlers.py): a line here would be one per request.
+            error: WxLoginError = BadRequest(f"the request is not a valid {request.message_type}")
+        else:
+            try:
+                # Past the bound for its kind of work, a call is refused at once
+                # (OVERLOADED) instead of queueing behind a stalled dependency.
+                with self._limits.slot(name):
+                    return await handler(self, request, context)
+            except WxLoginError as known:
+                error = known
+                log.info("%s failed: %s", name, error.reason)
+            except (ValueError, TypeError) as malformed:
+                # e.g. a Struct that can't hold the decrypted JSON; never a traceback,
+                # and never the exception's text (it may quote the input).
+                kind = type(malformed).__name__
+                _quiet.log(logging.WARNING, f"{name}: {kind}", "%s rejected input: %s", name, kind)
+                error = BadRequest("request could not be processed")
+            except asyncio.CancelledError:
+                raise  # the caller went away or the deadline passed
+            except Exception as crash:
+                cause = f"{name} crashed: {type(crash).__name__}"
+                _quiet.log(logging.ERROR, cause, "%s crashed", name, exc_info=True)
+                error = InternalError()
         status = to_grpc_status(error)
         await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -74,9 +94,15 @@ def _deadline(context: grpc.aio.ServicerContext[Req, Resp]) -> float | None:
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """wxlogin.v1.AuthService on top of the domain's Sessions and UserDataDecryptor."""
 
-    def __init__(self, sessions: Sessions, user_data: UserDataDecryptor) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        user_data: UserDataDecryptor,
+        limits: InFlightLimits | None = None,
+    ) -> None:
         self._sessions = sessions
         self._user_data = user_data
+        self._limits = limits or InFlightLimits()
 
     @_rpc
     async def Login(

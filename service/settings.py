@@ -45,6 +45,11 @@ class Settings:
     # While the event loop is saturated, logins are written to MongoDB at most
     # once per this many seconds, together (service/batching.py).
     login_batch_interval: float = 0.01
+    # Load shedding (service/limits.py): RPCs in flight per kind of work, and
+    # logins waiting for their MongoDB write; past these, OVERLOADED at once.
+    max_in_flight_logins: int = 512
+    max_in_flight_session_calls: int = 4096
+    max_waiting_logins: int = 2048
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even by printing the settings.

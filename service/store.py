@@ -20,10 +20,10 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from service.batching import GroupCommit
+from service.batching import GroupCommit, QueueFull
 from service.crypto import SessionKeyCipher
 from service.deadlines import budget
-from service.errors import InternalError, StoreUnavailable, WxLoginError
+from service.errors import InternalError, Overloaded, StoreUnavailable, WxLoginError
 from service.records import NewLogin, SavedLogin, SessionRecord, UserRecord
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,6 @@ _DUPLICATE_KEY = 11000
 # Without j, mongod flushes its journal only every ~100 ms: a SIGKILL right
 # after a burst of logins lost every token of the burst (tests/test_durability.py).
 DURABLE = WriteConcern(w="majority", j=True)
-# How long a store call may take when no caller deadline bounds it (start-up, tests).
-DEFAULT_BUDGET = 5.0
 
 
 def connect(uri: str, *, server_selection_timeout_ms: int = 3000) -> MotorClient:
@@ -57,22 +55,28 @@ def connect(uri: str, *, server_selection_timeout_ms: int = 3000) -> MotorClient
 
 @asynccontextmanager
 async def _translated(deadline: float | None = None) -> AsyncIterator[None]:
-    """Bound the MongoDB calls inside by the caller's deadline; our errors, never pymongo's.
+    """Our errors, never pymongo's; with a caller deadline, the calls inside end before it.
 
-    pymongo.timeout() bounds server selection, the command and the majority
-    wait together (motor carries the setting into its executor thread).
+    Without a deadline (start-up, health pings) pymongo's own timeouts bound the
+    calls (`connect`). With one, pymongo.timeout() bounds server selection, the
+    command and the majority wait together (motor carries the setting into its
+    executor thread), and replaces serverSelectionTimeoutMS: a caller with time
+    left waits out a replica-set election instead of failing after 3 s.
     """
-    seconds = budget(deadline, default=DEFAULT_BUDGET)
-    if seconds <= 0:
+    seconds = None if deadline is None else budget(deadline, default=float("inf"))
+    if seconds is not None and seconds <= 0:
         raise StoreUnavailable("no time left for the session store before the deadline")
     # MongoDB's error text can name hosts and internals: callers get our words only.
     try:
-        # asyncio's timeout is the hard stop: pymongo's server selection only
-        # wakes every 500 ms, so alone it overshoots a deadline by up to that.
-        # pymongo's makes the executor thread give up too, instead of running on.
-        async with asyncio.timeout(seconds):
-            with pymongo.timeout(seconds):
-                yield
+        if seconds is None:
+            yield
+        else:
+            # asyncio's timeout is the hard stop: pymongo's server selection only
+            # wakes every 500 ms, so alone it overshoots a deadline by up to that.
+            # pymongo's makes the executor thread give up too, instead of running on.
+            async with asyncio.timeout(seconds):
+                with pymongo.timeout(seconds):
+                    yield
     except TimeoutError:
         log.warning("MongoDB did not answer within %.2fs", seconds)
         raise StoreUnavailable() from None
@@ -96,6 +100,7 @@ class Store:
         cipher: SessionKeyCipher,
         *,
         max_batch: int = 256,
+        max_waiting_logins: int | None = None,
         batch_interval: float = 0.0,
     ) -> None:
         self._db = db
@@ -107,7 +112,10 @@ class Store:
         )
         self._cipher = cipher
         self._logins: GroupCommit[NewLogin, SavedLogin] = GroupCommit(
-            self._write_logins, max_batch=max_batch, min_interval=batch_interval
+            self._write_logins,
+            max_batch=max_batch,
+            max_waiting=max_waiting_logins,
+            min_interval=batch_interval,
         )
 
     async def ensure_indexes(self, expired_session_retention: int = 0) -> None:
@@ -150,6 +158,8 @@ class Store:
         except TimeoutError:
             log.warning("login write did not finish before the caller's deadline")
             raise StoreUnavailable() from None
+        except QueueFull:
+            raise Overloaded("too many logins wait for the session store; retry later") from None
 
     async def close(self) -> None:
         """Finish the logins already submitted; call before closing the motor client."""

@@ -1,4 +1,7 @@
-"""Real parts for every test: one mongod, one emulator, a grpc.aio server on port 0."""
+"""Real parts for every test: one mongod, one emulator, a grpc.aio server on port 0.
+
+A 3-member replica set is there too, started only when a test asks for it.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from devtools.replica_set import ReplicaSet
 from service.app import RunningService, running_service
 from service.embedded_mongo import EmbeddedMongo
 from service.settings import Settings
@@ -63,6 +67,20 @@ async def mongod(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]
 
 
 @pytest_asyncio.fixture(scope="session")
+async def replica_set(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ReplicaSet]:
+    """A real 3-member replica set (uri, kill, restart, primary_index, ...); TTL monitor 1 s.
+
+    Session-scoped fixtures start on first use, so a run without replica-set
+    tests never pays for three more mongods. Tests that kill a member leave
+    the set healthy again.
+    """
+    replicas = ReplicaSet(tmp_path_factory.mktemp("replica-set"), ttl_monitor_seconds=1)
+    await replicas.start()
+    yield replicas
+    await replicas.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """One HTTP client for the tests' own calls (dev endpoints, the edge)."""
     async with aiohttp.ClientSession() as session:
@@ -85,19 +103,34 @@ async def emu(emulator_url: str, http: aiohttp.ClientSession) -> AsyncIterator[E
     await emulator.clear_faults()
 
 
-@pytest.fixture
-def settings(mongod: str, emulator_url: str) -> Settings:
-    """Settings for one test: its own database, quick WeChat timeouts."""
+def settings_on(mongodb_uri: str, emulator_url: str) -> Settings:
+    """Settings for one test on this MongoDB: its own database, quick WeChat timeouts."""
     return Settings(
         apps=dict(APPS),
         secret_key=SECRET_KEY,
         grpc_listen="127.0.0.1:0",
-        mongodb_uri=mongod,
+        mongodb_uri=mongodb_uri,
         wechat_api_base=emulator_url,
         database=f"t_{uuid.uuid4().hex[:12]}",
         wechat_connect_timeout=1.0,
         wechat_total_timeout=2.0,
     )
+
+
+@pytest.fixture
+def settings(mongod: str, emulator_url: str) -> Settings:
+    """Settings for one test: its own database, quick WeChat timeouts."""
+    return settings_on(mongod, emulator_url)
+
+
+@pytest.fixture
+def replica_settings(replica_set: ReplicaSet, emulator_url: str) -> Settings:
+    """Settings for one test on the replica set.
+
+    A test module runs every service fixture (`start_service`, `start_stub`,
+    `stub`, `db`) on the set by overriding `settings` with this one.
+    """
+    return settings_on(replica_set.uri, emulator_url)
 
 
 ServiceFactory = Callable[..., AbstractAsyncContextManager[RunningService]]

@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -142,3 +143,19 @@ async def run_to_exit(
     return Exited(
         process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
     )
+
+
+def mongod_pids(data_dir: Path) -> list[int]:
+    """The pids of mongod processes whose command line names `data_dir`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        named = str(data_dir).encode() in b" ".join(cmdline)
+        if cmdline and cmdline[0].endswith(b"mongod") and named:
+            pids.append(int(entry.name))
+    return pids

@@ -60,6 +60,7 @@ async def test_submissions_of_one_loop_iteration_share_the_first_write() -> None
 
 
 async def test_batches_never_exceed_max_batch() -> None:
+    """However many items wait, no single write carries more than max_batch of them."""
     recorder = Recorder()
     commit: GroupCommit[int, int] = GroupCommit(recorder.write, max_batch=3)
     results = await asyncio.gather(*(commit.submit(i) for i in range(8)))
@@ -68,6 +69,7 @@ async def test_batches_never_exceed_max_batch() -> None:
 
 
 async def test_an_items_own_failure_reaches_only_its_caller() -> None:
+    """An item the write rejects fails its own caller; the rest of its batch succeeds."""
     recorder = Recorder()
     recorder.fail_items = {2}
     commit: GroupCommit[int, int] = GroupCommit(recorder.write)
@@ -79,6 +81,7 @@ async def test_an_items_own_failure_reaches_only_its_caller() -> None:
 
 
 async def test_a_failed_write_fails_its_batch_and_the_next_batch_still_runs() -> None:
+    """A write that raises fails each caller in its batch with its own error; later batches run."""
     calls = 0
 
     async def write(items: Sequence[int]) -> list[int | Exception]:
@@ -97,6 +100,8 @@ async def test_a_failed_write_fails_its_batch_and_the_next_batch_still_runs() ->
 
 
 async def test_a_write_answering_the_wrong_number_of_results_fails_the_batch() -> None:
+    """A write whose answer does not match its items one for one fails the whole batch."""
+
     async def write(items: Sequence[int]) -> list[int | Exception]:
         return [1]
 
@@ -106,6 +111,7 @@ async def test_a_write_answering_the_wrong_number_of_results_fails_the_batch() -
 
 
 async def test_a_caller_cancelled_before_its_batch_is_not_written() -> None:
+    """An item whose caller gave up while it waited is left out of the next write."""
     recorder = Recorder()
     commit: GroupCommit[int, int] = GroupCommit(recorder.write)
     first = await recorder.hold_first_write(commit, 0)
@@ -122,6 +128,7 @@ async def test_a_caller_cancelled_before_its_batch_is_not_written() -> None:
 
 
 async def test_aclose_waits_for_the_write_in_flight_then_refuses_new_items() -> None:
+    """Closing lets the write in flight finish and answer its callers; later submits are refused."""
     recorder = Recorder()
     commit: GroupCommit[int, int] = GroupCommit(recorder.write)
     pending = await recorder.hold_first_write(commit, 4)

@@ -12,24 +12,8 @@ import pytest
 
 from service.embedded_mongo import EmbeddedMongo
 from tests.conftest import ServiceFactory
-from tests.support import APP_A, Emulator, error_info
+from tests.support import APP_A, Emulator, error_info, mongod_pids
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
-
-
-def mongod_pids(data_dir: Path) -> list[int]:
-    """The pids of mongod processes whose command line names `data_dir`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        named = str(data_dir).encode() in b" ".join(cmdline)
-        if cmdline and cmdline[0].endswith(b"mongod") and named:
-            pids.append(int(entry.name))
-    return pids
 
 
 async def login_burst(stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, count: int) -> list[str]:

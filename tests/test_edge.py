@@ -40,6 +40,7 @@ EXPECTED_HTTP = {
     "CODE_INVALID": 401,
     "CODE_USED": 401,
     "RATE_LIMITED": 429,
+    "OVERLOADED": 429,
     "USER_BLOCKED": 403,
     "WECHAT_UNAVAILABLE": 503,
     "WECHAT_ERROR": 503,
@@ -520,23 +521,18 @@ async def test_edge_finishes_in_flight_requests_on_sigint(
         assert await asyncio.wait_for(process.wait(), 15) == 0
 
 
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("WXLOGIN_HTTP_LISTEN", "no-port"),
-        ("WXLOGIN_HTTP_LISTEN", "127.0.0.1:99999"),
-        ("WXLOGIN_UPSTREAM", "has space:50051"),
-        ("WXLOGIN_LOG_LEVEL", "LOUD"),
-    ],
-)
-async def test_bad_configuration_exits_2_naming_the_variable(variable: str, value: str) -> None:
-    """A bad variable stops the edge at start with exit 2 and one line naming it."""
-    exited = await run_to_exit("clients.edge", env={variable: value})
+async def test_bad_configuration_exits_2_naming_the_variable() -> None:
+    """A bad variable stops `python -m clients.edge` at start: exit 2, one stderr line naming it.
+
+    Each bad value is checked in-process in tests/test_edge_config.py; this one
+    proves what the process makes of them.
+    """
+    exited = await run_to_exit("clients.edge", env={"WXLOGIN_HTTP_LISTEN": "no-port"})
     assert exited.returncode == 2
     assert exited.stdout == ""
     lines = exited.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert variable in lines[0]
+    assert lines[0].startswith("edge: bad configuration: WXLOGIN_HTTP_LISTEN: ")
 
 
 async def test_port_in_use_exits_1(http: aiohttp.ClientSession) -> None:

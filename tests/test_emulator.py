@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from emulator import init_app
+from emulator.__main__ import parse_args
+from runtime.config import ConfigError, ListenAddress
 from tests.support import run_to_exit
 
 APP1, SECRET1 = "wxtest00000000001", "secret-one"
@@ -298,6 +300,15 @@ async def test_user_data_needs_a_login(emu: Emulator) -> None:
         ("/_dev/faults", {"latency": 10}, 400),
         ("/_dev/faults", {"times": 0}, 400),
         ("/_dev/faults", {"http_status": 99}, 400),
+        ("/_dev/faults", {"use_code": "yes"}, 400),
+        ("/_dev/chaos", {}, 400),
+        ("/_dev/chaos", {"rate": 1.5}, 400),
+        ("/_dev/chaos", {"rate": True}, 400),
+        ("/_dev/chaos", {"rate": 0.3, "kinds": []}, 400),
+        ("/_dev/chaos", {"rate": 0.3, "kinds": ["busy", "fire"]}, 400),
+        ("/_dev/chaos", {"rate": 0.3, "kinds": ["busy", "busy"]}, 400),
+        ("/_dev/chaos", {"rate": 0.3, "stall_ms": -1}, 400),
+        ("/_dev/chaos", {"rate": 0.3, "seed": "42"}, 400),
     ],
 )
 async def test_dev_api_rejects_bad_input(emu: Emulator, path: str, body: Any, status: int) -> None:
@@ -412,6 +423,118 @@ async def test_stats_count_every_request(emu: Emulator) -> None:
     assert await emu.ok("GET", "/_dev/stats") == {"jscode2session_requests": 0}
 
 
+async def test_fault_use_code_spends_the_code(emu: Emulator) -> None:
+    """use_code exchanges (spends) the code before the forced answer, unlike a plain errcode."""
+    await emu.ok("POST", "/_dev/faults", {"errcode": -1, "use_code": True, "times": 1})
+    code = await emu.login()
+    assert (await emu.exchange(code))["errcode"] == -1
+    assert (await emu.exchange(code))["errcode"] == 40163
+
+
+# -- chaos ------------------------------------------------------------------------------------
+
+
+async def raw_exchange(emu: Emulator, code: str) -> str:
+    """One jscode2session request on a connection of its own, classified as the caller sees it.
+
+    A raw socket, not aiohttp: aiohttp re-sends a request whose connection dropped, which
+    would make the emulator draw twice for one request here.
+    """
+    host, port = emu.base.removeprefix("http://").split(":")
+    query = f"appid={APP1}&secret={SECRET1}&js_code={code}&grant_type=authorization_code"
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET /sns/jscode2session?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    if not raw:
+        return "drop"
+    status = int(raw.split(b" ", 2)[1])
+    if status != 200:
+        return f"http{status}"
+    answer = json.loads(raw.partition(b"\r\n\r\n")[2])
+    if answer.get("errcode") == -1:
+        return "busy"
+    return "openid" if "openid" in answer else f"errcode{answer.get('errcode')}"
+
+
+async def chaos_run(emu: Emulator, setting: dict[str, Any], requests: int) -> list[str]:
+    """Set chaos, send `requests` exchanges of unknown codes one after another, classify each."""
+    await emu.ok("POST", "/_dev/chaos", setting)
+    return [await raw_exchange(emu, f"nosuchcode{i}") for i in range(requests)]
+
+
+async def test_chaos_rate_and_kinds_over_200_requests(emu: Emulator) -> None:
+    """With rate 0.3 about 30% of 200 requests fail, every kind occurs, and the counts match."""
+    outcomes = await chaos_run(emu, {"rate": 0.3, "seed": 42, "stall_ms": 1}, 200)
+    report = await emu.ok("GET", "/_dev/chaos")
+    assert report["chaos"] == {
+        "rate": 0.3,
+        "seed": 42,
+        "kinds": ["busy", "http5xx", "drop", "stall"],
+        "stall_ms": 1,
+    }
+    assert report["requests"] == 200
+    injected = report["injected"]
+    assert 40 <= sum(injected.values()) <= 80
+    assert all(count > 0 for count in injected.values()), injected
+    assert outcomes.count("busy") == injected["busy"]
+    assert outcomes.count("drop") == injected["drop"]
+    statuses = {outcome for outcome in outcomes if outcome.startswith("http")}
+    assert statuses <= {"http500", "http502", "http503"}
+    assert sum(outcome in statuses for outcome in outcomes) == injected["http5xx"]
+    # A stall answers normally (late): an unknown code's 40029, like an untouched request.
+    normal = 200 - injected["busy"] - injected["drop"] - injected["http5xx"]
+    assert outcomes.count("errcode40029") == normal
+
+
+async def test_chaos_is_deterministic_for_a_seed(emu: Emulator) -> None:
+    """The same seed gives the same faults in the same order; another seed, others."""
+    setting = {"rate": 0.5, "seed": 7, "stall_ms": 0}
+    first = await chaos_run(emu, setting, 60)
+    again = await chaos_run(emu, setting, 60)
+    other = await chaos_run(emu, {**setting, "seed": 8}, 60)
+    assert first == again
+    assert first != other
+
+
+async def test_chaos_drop_spends_the_code_and_busy_does_not(emu: Emulator) -> None:
+    """A dropped answer comes after WeChat used the code (40163 next); busy leaves it usable."""
+    code = await emu.login()
+    await emu.ok("POST", "/_dev/chaos", {"rate": 1, "kinds": ["drop"]})
+    assert await raw_exchange(emu, code) == "drop"
+    await emu.ok("POST", "/_dev/chaos", {"rate": 1, "kinds": ["busy"]})
+    other = await emu.login("bob")
+    assert await raw_exchange(emu, other) == "busy"
+    await emu.ok("DELETE", "/_dev/chaos")
+    assert (await emu.exchange(code))["errcode"] == 40163
+    assert "openid" in await emu.exchange(other)
+
+
+async def test_chaos_stall_then_answers_normally(emu: Emulator) -> None:
+    """A stall holds the answer back and then exchanges the code as usual."""
+    await emu.ok("POST", "/_dev/chaos", {"rate": 1, "kinds": ["stall"], "stall_ms": 50})
+    assert "openid" in await emu.exchange(await emu.login())
+    assert (await emu.ok("GET", "/_dev/chaos"))["injected"]["stall"] == 1
+
+
+async def test_chaos_yields_to_queued_faults_and_stops_on_delete(emu: Emulator) -> None:
+    """Queued faults go first; DELETE stops chaos but keeps its counts readable."""
+    answer = await emu.ok("POST", "/_dev/chaos", {"rate": 1, "kinds": ["busy"]})
+    assert isinstance(answer["chaos"]["seed"], int)  # chosen when not given, so repeatable
+    await emu.ok("POST", "/_dev/faults", {"errcode": 45011, "times": 1})
+    assert (await emu.exchange("anycode"))["errcode"] == 45011
+    assert (await emu.exchange("anycode"))["errcode"] == -1
+    stopped = await emu.ok("DELETE", "/_dev/chaos")
+    assert stopped["chaos"] is None
+    assert stopped["requests"] == 1
+    assert stopped["injected"] == {"busy": 1, "http5xx": 0, "drop": 0, "stall": 0}
+    assert (await emu.exchange("anycode"))["errcode"] == 40029
+
+
 # -- command line -----------------------------------------------------------------------------
 
 
@@ -449,20 +572,73 @@ async def test_cli_serves_and_stops_on_sigterm() -> None:
             await proc.wait()
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["--apps", "wxapp-without-secret"],
-        ["--apps", "wxa:topsecret,wxa:topsecret"],
-        ["--listen", "nowhere"],
-        ["--code-ttl", "0"],
-        ["--no-such-flag"],
-    ],
-)
-async def test_cli_bad_arguments_exit_2(args: list[str]) -> None:
-    """A bad argument is one line on stderr and exit code 2, and never echoes a secret."""
-    exited = await run_to_exit("emulator", *args, wait=10)
+async def test_cli_bad_arguments_exit_2() -> None:
+    """`python -m emulator` with a bad argument: exit 2, one stderr line naming it, no secret.
+
+    Each bad argument is checked in-process below; this one proves what the
+    process makes of them.
+    """
+    exited = await run_to_exit("emulator", "--apps", "wxa:topsecret,wxa:topsecret", wait=10)
     assert exited.returncode == 2
     assert exited.stdout == ""
-    assert len(exited.stderr.strip().splitlines()) == 1
+    lines = exited.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("emulator: error: --apps: ")
     assert "topsecret" not in exited.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "variable"),
+    [
+        (["--apps", "wxapp-without-secret"], "--apps"),
+        (["--apps", "wxa:topsecret,wxa:topsecret"], "--apps"),
+        (["--apps", "wxa:topsecret,broken"], "--apps"),
+        (["--listen", "nowhere"], "--listen"),
+        (["--code-ttl", "0"], "--code-ttl"),
+        (["--code-ttl", "nan"], "--code-ttl"),
+    ],
+)
+def test_cli_bad_values_name_the_flag_and_no_secret(args: list[str], variable: str) -> None:
+    """A bad flag value is a one-line ConfigError naming the flag, never echoing a secret."""
+    with pytest.raises(ConfigError) as caught:
+        parse_args(args, {})
+    assert caught.value.variable == variable
+    assert "\n" not in str(caught.value)
+    assert "topsecret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"WXLOGIN_EMULATOR_LISTEN": "nowhere"}, "WXLOGIN_EMULATOR_LISTEN"),
+        ({"WXLOGIN_APPS": "wxa:topsecret,wxa"}, "WXLOGIN_APPS"),
+    ],
+)
+def test_cli_bad_environment_names_the_variable(environ: dict[str, str], variable: str) -> None:
+    """Without flags, a bad WXLOGIN_* variable is a ConfigError naming it and no secret."""
+    with pytest.raises(ConfigError) as caught:
+        parse_args([], environ)
+    assert caught.value.variable == variable
+    assert "topsecret" not in str(caught.value)
+
+
+def test_cli_unknown_flag_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown flag exits 2 with argparse's one error line, not its usage block."""
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--no-such-flag"], {})
+    assert caught.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().splitlines() == ["emulator: error: unrecognized arguments: --no-such-flag"]
+
+
+def test_cli_flags_win_over_environment_and_defaults_fill_the_rest() -> None:
+    """--listen and --apps override their variables; unset, the dev defaults apply."""
+    environ = {"WXLOGIN_EMULATOR_LISTEN": "nowhere", "WXLOGIN_APPS": "wxa:topsecret,wxa"}
+    config = parse_args(["--listen", "[::1]:0", "--apps", "wx1:s1"], environ)
+    assert config.listen == ListenAddress("::1", 0)
+    assert config.apps == {"wx1": "s1"}
+    defaults = parse_args([], {})
+    assert str(defaults.listen) == "127.0.0.1:9090"
+    assert set(defaults.apps) == {"wxdev0000000000001", "wxdev0000000000002"}
+    assert defaults.code_ttl == 300.0

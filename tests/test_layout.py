@@ -64,7 +64,9 @@ def test_client_library_does_not_import_the_edge() -> None:
     found = []
     for path in sorted((ROOT / "clients").glob("*.py")):
         for module in imported_modules(path.read_text()):
-            if module == LIBRARY_MUST_NOT_IMPORT or module.startswith(LIBRARY_MUST_NOT_IMPORT + "."):
+            if module == LIBRARY_MUST_NOT_IMPORT or module.startswith(
+                LIBRARY_MUST_NOT_IMPORT + "."
+            ):
                 found.append(f"{path.relative_to(ROOT)}: {module}")
     assert found == []
 

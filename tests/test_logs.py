@@ -57,6 +57,7 @@ def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
 
 
 def test_info_lines_are_written_together_and_warnings_at_once() -> None:
+    """INFO lines wait in the buffer; a WARNING writes them and itself out at once, in one write."""
     # A 60 s timer stays out of the way.
     with buffered_logger("test.logs.buffered", flush_interval=60) as (log, stream):
         log.info("first login")
@@ -71,12 +72,14 @@ def test_info_lines_are_written_together_and_warnings_at_once() -> None:
 
 
 def test_info_lines_reach_the_stream_within_the_flush_interval() -> None:
+    """Buffered INFO lines reach the stream when the flush timer fires, without a WARNING."""
     with buffered_logger("test.logs.timer", flush_interval=0.05) as (log, stream):
         log.info("quiet period")
         assert wait_for(lambda: "quiet period" in stream.flushed)
 
 
 def test_close_flushes_what_is_left() -> None:
+    """Closing the handler writes out INFO lines still in the buffer."""
     with buffered_logger("test.logs.close", flush_interval=60) as (log, stream):
         log.info("last words")
         assert stream.flushed == ""

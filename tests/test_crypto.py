@@ -1,0 +1,54 @@
+"""The service's cryptography: login tokens, base64 repair, session_key sealing, AES-CBC checks."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from service import crypto
+from service.errors import BadRequest, DecryptFailed
+
+
+def test_spaces_in_base64_are_repaired() -> None:
+    """The '+'-became-space client bug and dropped padding are repaired."""
+    raw = bytes([0xFB, 0xEF, 0xBE]) * 4  # encodes to '++++' runs
+    encoded = base64.b64encode(raw).decode()
+    assert "+" in encoded
+    assert crypto.decode_b64("iv", encoded.replace("+", " ")) == raw
+    assert crypto.decode_b64("iv", base64.b64encode(b"ab").decode().rstrip("=")) == b"ab"
+    with pytest.raises(BadRequest):
+        crypto.decode_b64("iv", "@@@@")
+
+
+def test_decrypt_rejects_a_wrong_size_key_or_ciphertext() -> None:
+    """Anything that cannot be AES-128-CBC is DECRYPT_FAILED, never a crash."""
+    iv = base64.b64encode(b"\0" * 16).decode()
+    good_key = base64.b64encode(b"k" * 16).decode()
+    with pytest.raises(DecryptFailed):
+        crypto.decrypt_user_data(
+            base64.b64encode(b"k" * 15).decode(), "AAAAAAAAAAAAAAAAAAAAAA==", iv
+        )
+    with pytest.raises(DecryptFailed):
+        crypto.decrypt_user_data(good_key, base64.b64encode(b"x" * 17).decode(), iv)
+
+
+def test_tokens_are_random_urlsafe_and_hashed() -> None:
+    """Tokens carry 32 random bytes, are URL-safe, and their id is SHA-256 hex."""
+    tokens = {crypto.new_token() for _ in range(100)}
+    assert len(tokens) == 100
+    assert all(crypto.is_well_formed_token(t) for t in tokens)
+    token = tokens.pop()
+    assert len(base64.urlsafe_b64decode(token.removeprefix("wxl1_") + "=")) == 32
+    assert len(crypto.token_id(token)) == 64
+    assert crypto.token_id(token) != token
+
+
+def test_sealed_session_key_is_bound_to_its_session() -> None:
+    """A sealed session_key opens only under its own session id."""
+    cipher = crypto.SessionKeyCipher(bytes(32))
+    blob = cipher.seal("c2Vzc2lvbmtleTEyMzQ1Ng==", "session-1")
+    assert cipher.open(blob, "session-1") == "c2Vzc2lvbmtleTEyMzQ1Ng=="
+    with pytest.raises(InvalidTag):
+        cipher.open(blob, "session-2")

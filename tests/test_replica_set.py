@@ -1,0 +1,97 @@
+"""The service on a real 3-member replica set: the RPCs work, and a killed primary is survived."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from google.protobuf import json_format
+from motor.motor_asyncio import AsyncIOMotorClient
+
+from devtools.replica_set import ReplicaSet
+from service.settings import Settings
+from tests.conftest import StubFactory
+from tests.support import APP_A, Emulator
+from wxlogin.v1 import auth_pb2
+
+
+@pytest.fixture
+def settings(replica_settings: Settings) -> Settings:
+    """Every service in this module runs on the replica set."""
+    return replica_settings
+
+
+async def test_login_check_and_decrypt_work_on_a_replica_set(
+    replica_set: ReplicaSet, start_stub: StubFactory, emu: Emulator, db: Any
+) -> None:
+    """Login, CheckSession and DecryptUserData succeed against a 3-member replica set."""
+    hello = await db.client.admin.command("hello")
+    assert hello["setName"] == replica_set.name  # really the set, not one member
+    assert len(hello["hosts"]) == 3
+    async with start_stub() as stub:
+        login = await stub.Login(
+            auth_pb2.LoginRequest(app_id=APP_A, code=await emu.code(APP_A, "rosa"))
+        )
+        assert login.new_user
+        checked = await stub.CheckSession(auth_pb2.CheckSessionRequest(token=login.token))
+        assert checked.user == login.user
+        blob = await emu.user_data(APP_A, "rosa", data={"nickName": "Rosa"})
+        decrypted = await stub.DecryptUserData(
+            auth_pb2.DecryptUserDataRequest(
+                token=login.token,
+                encrypted_data=blob["encryptedData"],
+                iv=blob["iv"],
+                raw_data=blob["rawData"],
+                signature=blob["signature"],
+            )
+        )
+        assert json_format.MessageToDict(decrypted.data)["nickName"] == "Rosa"
+    assert await db.sessions.count_documents({}) == 1
+
+
+async def test_killed_primary_is_replaced_and_rejoins_after_restart(
+    replica_set: ReplicaSet, start_stub: StubFactory, emu: Emulator, settings: Settings
+) -> None:
+    """SIGKILL of the primary: another member is elected, logins go on, the member rejoins."""
+    async with start_stub() as stub:
+        before = await stub.Login(
+            auth_pb2.LoginRequest(app_id=APP_A, code=await emu.code(APP_A, "kim"))
+        )
+        old = await replica_set.wait_for_primary()
+        try:
+            await replica_set.kill(old)
+            new = await replica_set.wait_for_primary()
+            assert new != old
+            after = await stub.Login(
+                auth_pb2.LoginRequest(app_id=APP_A, code=await emu.code(APP_A, "lee"))
+            )
+            checked = await stub.CheckSession(auth_pb2.CheckSessionRequest(token=before.token))
+            assert checked.user == before.user  # acknowledged before the kill, kept after it
+
+            await replica_set.restart(old)
+            await replica_set.wait_healthy()
+            assert (await replica_set.member_states())[old] == "SECONDARY"
+            # Rejoined means caught up: it has the user written while it was dead.
+            assert await _user_reaches(replica_set, old, settings.database, after.user.user_id)
+        finally:
+            # The set is shared by the session: leave all three members up.
+            if replica_set.members[old].pid is None:
+                await replica_set.restart(old)
+            await replica_set.wait_healthy()
+
+
+async def _user_reaches(replica_set: ReplicaSet, index: int, database: str, user_id: str) -> bool:
+    """Does member `index` itself hold the user within 30 s (replication is asynchronous)?"""
+    client: AsyncIOMotorClient[dict[str, Any]] = AsyncIOMotorClient(
+        replica_set.members[index].uri, serverSelectionTimeoutMS=5000
+    )
+    try:
+        for _ in range(150):
+            if await client[database].users.find_one({"_id": ObjectId(user_id)}) is not None:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        client.close()

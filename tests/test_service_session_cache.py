@@ -1,0 +1,42 @@
+"""The service's in-process CheckSession cache (service/cache.py): bounded, never past expiry.
+
+The client library's and the edge's cache is another one, in tests/test_session_cache.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from service.cache import SessionCache
+from service.records import SessionRecord, UserRecord
+
+
+def _record(expires_at: datetime) -> SessionRecord:
+    """A session of one user that expires at `expires_at`, created a day before."""
+    user = UserRecord("u1", "wx1", "o1", None)
+    return SessionRecord("sid", user, expires_at - timedelta(days=1), expires_at, b"")
+
+
+def test_cache_never_serves_a_session_past_expires_at() -> None:
+    """A cached session is dropped the moment its expires_at passes, however fresh."""
+    clock = [0.0]
+    cache = SessionCache(max_age=60, monotonic=lambda: clock[0])
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    cache.put(_record(expires))
+    assert cache.get("sid", expires - timedelta(milliseconds=1)) is not None
+    assert cache.get("sid", expires) is None
+    assert len(cache) == 0
+
+
+def test_cache_entries_go_stale_and_the_cache_is_bounded() -> None:
+    """Entries older than max_age are re-read; the cache never grows past max_entries."""
+    clock = [0.0]
+    cache = SessionCache(max_age=5, max_entries=3, monotonic=lambda: clock[0])
+    now = datetime(2029, 1, 1, tzinfo=UTC)
+    cache.put(_record(datetime(2030, 1, 1, tzinfo=UTC)))
+    clock[0] = 5.1
+    assert cache.get("sid", now) is None
+    for index in range(10):
+        user = UserRecord("u", "wx1", "o", None)
+        cache.put(SessionRecord(f"s{index}", user, now, datetime(2030, 1, 1, tzinfo=UTC), b""))
+    assert len(cache) == 3
