@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := protos/wxlogin/v1/auth.proto
 PROTO_OUT := wxlogin/v1/auth_pb2.py wxlogin/v1/auth_pb2_grpc.py wxlogin/v1/auth_pb2.pyi wxlogin/v1/auth_pb2_grpc.pyi
 
-.PHONY: help venv tools proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke clean
+.PHONY: help venv tools proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos clean
 
 help:
 	@echo "make run        start the dev stack (embedded mongod, WeChat emulator, service, edge)"
@@ -86,6 +86,10 @@ bench: proto tools
 
 bench-smoke: proto tools
 	$(PY) -m bench --smoke
+
+# Fault scenarios against the real stack, ~10 min (README "Reliability"); not in `make test`.
+chaos: proto
+	$(PY) -m bench.chaos
 
 clean:
 	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache

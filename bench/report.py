@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only: no display on servers and in CI
 
 import matplotlib.pyplot as plt
 
+from bench.readme_block import rewrite_block
+
 BASELINE_NAMES = {"bare-grpc": "bare grpc.aio", "bare-http": "bare aiohttp"}
 
 
@@ -200,19 +202,12 @@ def _scaling_panel(axes: Any, scaling: Mapping[str, Any] | None) -> None:
     )
 
 
-README_START = "<!-- bench:results:start -->"
-README_END = "<!-- bench:results:end -->"
+README_BLOCK = "bench:results"
 
 
 def update_readme(readme: Path, results: Mapping[str, Any]) -> bool:
     """Put the latest tables between the markers of bench/README.md; False if it has none."""
-    text = readme.read_text()
-    head, start, rest = text.partition(README_START)
-    _, end, tail = rest.partition(README_END)
-    if not start or not end:
-        return False
-    readme.write_text(f"{head}{README_START}\n{markdown(results)}{README_END}{tail}")
-    return True
+    return rewrite_block(readme, README_BLOCK, markdown(results))
 
 
 def write(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:

@@ -3,6 +3,9 @@
 from clients._errors import (
     AppUnknown,
     BadRequest,
+    CallerError,
+    CallerForbidden,
+    CallerUnauthenticated,
     CodeInvalid,
     CodeUsed,
     DeadlineExceeded,
@@ -27,12 +30,16 @@ from clients._errors import (
     WxLoginError,
 )
 from clients._models import LoginResult, Session, User, UserData
+from clients._upstream import TlsConfig, UpstreamConfig
 from clients.client import Deadlines, RetryPolicy, WxLoginClient, connect, open_channel
 from clients.session_cache import SessionCache
 
 __all__ = [
     "AppUnknown",
     "BadRequest",
+    "CallerError",
+    "CallerForbidden",
+    "CallerUnauthenticated",
     "CodeInvalid",
     "CodeUsed",
     "DeadlineExceeded",
@@ -52,8 +59,10 @@ __all__ = [
     "SessionInvalid",
     "SignatureMismatch",
     "StoreUnavailable",
+    "TlsConfig",
     "Unauthenticated",
     "Unavailable",
+    "UpstreamConfig",
     "User",
     "UserBlocked",
     "UserData",

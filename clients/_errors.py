@@ -22,6 +22,12 @@
     │   ├── WeChatError               WECHAT_ERROR (errcode in .metadata)
     │   ├── StoreUnavailable          STORE_UNAVAILABLE
     │   └── ServiceUnavailable        SERVICE_UNAVAILABLE (no ErrorInfo: wxlogin unreachable)
+    ├── CallerError                   this backend's own credentials or grant: fix its
+    │   │                             configuration; never the user's fault (HTTP 500)
+    │   ├── CallerUnauthenticated     UNAUTHENTICATED, CALLER_UNAUTHENTICATED: no or
+    │   │                             unknown caller key / client certificate
+    │   └── CallerForbidden           PERMISSION_DENIED, CALLER_FORBIDDEN: this RPC or
+    │                                 app is outside the caller's grant
     ├── DeadlineExceeded              DEADLINE_EXCEEDED (the call's deadline passed)
     └── InternalError                 INTERNAL, and any status this client does not know
 
@@ -154,6 +160,27 @@ class ServiceUnavailable(Unavailable):
     default_reason = "SERVICE_UNAVAILABLE"
 
 
+class CallerError(WxLoginError):
+    """wxlogin refused *this backend* (its caller key, certificate or grant), not the user.
+
+    Not an `Unauthenticated`: code that sends users to log in again on those
+    must not do so for our own misconfiguration, which no login fixes. Over
+    HTTP it is a 500: the user's request was fine, the server side is broken.
+    """
+
+    http_status = 500
+
+
+class CallerUnauthenticated(CallerError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "CALLER_UNAUTHENTICATED"
+
+
+class CallerForbidden(CallerError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "CALLER_FORBIDDEN"
+
+
 class DeadlineExceeded(WxLoginError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     default_reason = "DEADLINE_EXCEEDED"
@@ -186,6 +213,8 @@ BY_REASON: Mapping[str, type[WxLoginError]] = {
         WeChatError,
         StoreUnavailable,
         ServiceUnavailable,
+        CallerUnauthenticated,
+        CallerForbidden,
         DeadlineExceeded,
         InternalError,
     )

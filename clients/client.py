@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients._errors import DeadlineExceeded, WxLoginError, from_rpc_error
 from clients._models import LoginResult, Session, User, UserData
+from clients._upstream import CALLER_KEY_METADATA, TlsConfig, is_caller_key
 from clients.session_cache import SessionCache
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
@@ -76,10 +77,19 @@ def is_request_id(value: str) -> bool:
 
 
 def open_channel(
-    target: str, *, options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS
+    target: str,
+    *,
+    options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+    tls: TlsConfig | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure channel to wxlogin with quick reconnects (wxlogin runs inside the network)."""
-    return grpc.aio.insecure_channel(target, options=list(options))
+    """A channel to wxlogin with quick reconnects: TLS (mTLS with a client cert) or plaintext.
+
+    Plaintext is for loopback and the dev stack; wxlogin refuses to listen
+    beyond loopback without TLS unless told to (WXLOGIN_ALLOW_INSECURE).
+    """
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=list(options))
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=list(options))
 
 
 class WxLoginClient:
@@ -89,6 +99,10 @@ class WxLoginClient:
     are retried, and only on UNAVAILABLE: check_session, decrypt_user_data and
     revoke_session. Login never is: WeChat's code is single-use, so a second try
     could only fail with CODE_USED, or log the user in twice.
+
+    `caller_key` is sent with every call as metadata x-wxlogin-caller-key: how
+    this backend proves who it is when wxlogin has a callers file (or use an
+    mTLS client certificate, `open_channel(tls=...)`).
     """
 
     def __init__(
@@ -99,7 +113,14 @@ class WxLoginClient:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         session_cache: SessionCache | None = None,
+        caller_key: str | None = None,
     ) -> None:
+        if caller_key is not None and not is_caller_key(caller_key):
+            raise ValueError("a caller key is 16-256 printable ASCII characters, no spaces")
+        # Built once: every call sends it.
+        self._caller_metadata: tuple[tuple[str, str], ...] = (
+            () if caller_key is None else ((CALLER_KEY_METADATA, caller_key),)
+        )
         self._stub = auth_pb2_grpc.AuthServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
         self.deadlines = deadlines or Deadlines()
@@ -207,9 +228,9 @@ class WxLoginClient:
         # The deadline covers the whole call, retries and pauses included.
         deadline = loop.time() + budget
         metadata = (
-            ((REQUEST_ID_METADATA, request_id),)
+            (*self._caller_metadata, (REQUEST_ID_METADATA, request_id))
             if request_id is not None and is_request_id(request_id)
-            else None
+            else self._caller_metadata or None
         )
         attempt = 1
         while True:
@@ -238,11 +259,18 @@ async def connect(
     deadlines: Deadlines | None = None,
     retry: RetryPolicy | None = None,
     options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+    tls: TlsConfig | None = None,
+    caller_key: str | None = None,
 ) -> AsyncIterator[WxLoginClient]:
-    """A client with its own channel, closed on exit. Create one per process and share it."""
-    channel = open_channel(target, options=options)
+    """A client with its own channel, closed on exit. Create one per process and share it.
+
+    In production: `connect(target, tls=TlsConfig.from_files(ca, cert, key),
+    caller_key=...)`; `UpstreamConfig.from_env(os.environ)` reads both from the
+    WXLOGIN_UPSTREAM_CA/_CERT/_KEY and WXLOGIN_CALLER_KEY variables.
+    """
+    channel = open_channel(target, options=options, tls=tls)
     try:
-        yield WxLoginClient(channel, deadlines=deadlines, retry=retry)
+        yield WxLoginClient(channel, deadlines=deadlines, retry=retry, caller_key=caller_key)
     finally:
         await channel.close()
 

@@ -11,9 +11,13 @@
                          STORE_UNAVAILABLE, SERVICE_UNAVAILABLE
     DEADLINE_EXCEEDED    DEADLINE_EXCEEDED                           504
     anything else        INTERNAL, ...                               500
+    (pinned)             CALLER_UNAUTHENTICATED, CALLER_FORBIDDEN    500
 
 An error class may pin its own status (`WxLoginError.http_status`): the edge's
-HTTP-level answers (413, 404, 405) do, since they never come from wxlogin.
+HTTP-level answers (413, 404, 405) do, since they never come from wxlogin, and
+so do the CALLER_* reasons: they say wxlogin refused the *backend* (its caller
+key or grant), so a 401 or 403 would blame the user and send a mini-program to
+log in again, which can never help. To the user it is a server-side fault: 500.
 
 Body: {"error": {"code": "<gRPC code name>", "reason": "<reason>", "message": "<text>"}}.
 Used by `clients.aiohttp_auth` and by the edge, so both answer the same way.

@@ -209,6 +209,7 @@ async def own_stack(data_dir: Path) -> AsyncIterator[Stack]:
         grpc_listen="127.0.0.1:0",
         http_listen="127.0.0.1:0",
         log_dir=data_dir / "logs",
+        callers=True,  # as `make run` does: the edge calls with its caller key
     )
     print("No dev stack at the default addresses: starting a temporary one...", flush=True)
     async with stack:

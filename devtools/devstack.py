@@ -6,6 +6,10 @@ against the configured WeChat (and MongoDB, or the embedded one). The embedded
 MongoDB is one mongod, or with WXLOGIN_DEV_MONGO_REPLICAS=3 a 3-member replica
 set (to try failover at a desk). If a child or a mongod dies, the stack stops.
 Demo and benchmarks reuse `DevStack` with free ports and their own data dirs.
+
+`make run` also sets up callers (service/callers.py), as production should: the
+edge, a "backend" and the demo each get a caller key, kept in the data dir, and
+the banner shows how to call with one.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Mapping
@@ -38,6 +45,16 @@ DEV_APPS = "wxdev0000000000001:devsecret1,wxdev0000000000002:devsecret2"
 DEV_APP = DEV_APPS.split(":", 1)[0]
 
 REPLICAS_VARIABLE = "WXLOGIN_DEV_MONGO_REPLICAS"
+
+# The dev stack's callers and what each may call (every app). The edge gets just
+# the RPCs it forwards; a backend checks sessions and decrypts; the demo shows all.
+DEV_CALLERS: Mapping[str, tuple[str, ...]] = {
+    "edge": ("Login", "CheckSession", "DecryptUserData", "RevokeSession"),
+    "backend": ("CheckSession", "DecryptUserData", "RevokeSession"),
+    "demo": ("*",),
+}
+CALLER_KEYS_FILE = "dev-caller-keys.json"
+CALLERS_FILE = "dev-callers.toml"
 
 
 def parse_replicas(env: Mapping[str, str]) -> int:
@@ -67,6 +84,38 @@ def dev_secret_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def dev_caller_keys(data_dir: Path) -> dict[str, str]:
+    """The dev callers' keys, made once and kept (mode 0600) in the data dir."""
+    path = data_dir / CALLER_KEYS_FILE
+    keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [name for name in DEV_CALLERS if name not in keys]
+    if missing:
+        keys.update({name: secrets.token_urlsafe(24) for name in missing})
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(keys, out, indent=2)
+        path.with_suffix(".tmp").replace(path)
+    return keys
+
+
+def write_dev_callers(data_dir: Path, keys: Mapping[str, str]) -> Path:
+    """The callers file for `keys`: only their SHA-256 goes in it, as in production."""
+    lines = ["# Written by the dev stack at each start; keys are in " + CALLER_KEYS_FILE]
+    for name, rpcs in DEV_CALLERS.items():
+        digest = hashlib.sha256(keys[name].encode()).hexdigest()
+        lines += [
+            "",
+            f"[callers.{name}]",
+            f'key_sha256 = "{digest}"',
+            "rpcs = [" + ", ".join(f'"{rpc}"' for rpc in rpcs) + "]",
+            'apps = ["*"]',
+        ]
+    path = data_dir / CALLERS_FILE
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 class DevStack:
     """Starts the parts in order and stops them in reverse; usable as `async with`."""
 
@@ -81,6 +130,7 @@ class DevStack:
         service_processes: int = 1,
         with_edge: bool = True,
         log_dir: Path | None = None,
+        callers: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self._env = dict(os.environ if env is None else env)
@@ -92,6 +142,9 @@ class DevStack:
         self._service_processes = service_processes
         self._with_edge = with_edge and _edge_installed()
         self._log_dir = log_dir
+        # Set up callers (unless WXLOGIN_CALLERS_FILE names the caller's own).
+        self._callers = callers and not self._env.get("WXLOGIN_CALLERS_FILE")
+        self.caller_keys: dict[str, str] = {}
         self._mongo: EmbeddedMongo | ReplicaSet | None = None
         self.children: list[Child] = []
         self.emulator_url = ""
@@ -126,6 +179,11 @@ class DevStack:
     async def _start(self) -> None:
         env = dict(self._env)
         env.setdefault("WXLOGIN_DATA_DIR", str(self.data_dir))
+        # grpcurl without the proto files: a dev convenience, off in production.
+        env.setdefault("WXLOGIN_REFLECTION", "true")
+        if self._callers:
+            self.caller_keys = dev_caller_keys(self.data_dir)
+            env["WXLOGIN_CALLERS_FILE"] = str(write_dev_callers(self.data_dir, self.caller_keys))
         if self.uses_emulator:
             port = await self._spawn(
                 "emulator", ["emulator", "--listen", self._emulator_listen, "--apps", DEV_APPS], env
@@ -157,6 +215,8 @@ class DevStack:
 
         if self._with_edge:
             env.update(WXLOGIN_HTTP_LISTEN=self._http_listen, WXLOGIN_UPSTREAM=self.grpc_target)
+            if self.caller_keys:
+                env["WXLOGIN_CALLER_KEY"] = self.caller_keys["edge"]
             port = await self._spawn("edge", ["clients.edge"], env)
             self.edge_url = f"http://127.0.0.1:{port}"
 
@@ -271,6 +331,11 @@ def banner(stack: DevStack) -> str:
     else:
         lines.append("  wxlogin: service and edge, configured from WXLOGIN_* variables.")
     lines.append(f"  gRPC      {stack.grpc_target}   (wxlogin.v1.AuthService, health, reflection)")
+    if stack.caller_keys:
+        lines.append(
+            f"  Callers   {', '.join(stack.caller_keys)}   "
+            f"(keys: {stack.data_dir / CALLER_KEYS_FILE})"
+        )
     if stack.edge_url:
         lines.append(f"  HTTP edge {stack.edge_url}")
     if stack.emulator_url:
@@ -291,6 +356,14 @@ def banner(stack: DevStack) -> str:
                 f'    curl -s -XPOST {stack.edge_url}/v1/login -d \'{{"code":"<code>",'
                 f'"app_id":"{DEV_APP}"}}\''
             )
+    if stack.caller_keys:
+        lines += [
+            "",
+            "  Call it as the backend (every gRPC call needs a caller key here):",
+            f"    grpcurl -plaintext -H 'x-wxlogin-caller-key: {stack.caller_keys['backend']}' "
+            f'-d \'{{"token":"<token>"}}\' {stack.grpc_target} '
+            "wxlogin.v1.AuthService/CheckSession",
+        ]
     lines += ["", "  Ctrl-C stops everything.", bar]
     return "\n".join(lines)
 
@@ -305,6 +378,7 @@ async def run() -> int:
             emulator_listen=os.environ.get("WXLOGIN_EMULATOR_LISTEN") or "127.0.0.1:9090",
             grpc_listen=os.environ.get("WXLOGIN_GRPC_LISTEN") or "127.0.0.1:50051",
             http_listen=os.environ.get("WXLOGIN_HTTP_LISTEN") or "127.0.0.1:8080",
+            callers=True,
         )
         async with stack:
             print(banner(stack), flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 
 from runtime import logs
@@ -21,6 +22,8 @@ async def serve(settings: Settings) -> None:
     """Serve until a termination signal, then shut down gracefully."""
     stop = stop_on_signals()
     async with running_service(settings) as running:
+        # Operators rotate the callers file (and certificates) and send SIGHUP.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.reload)
         # One parseable line: the dev stack and tests read the bound port from it.
         print(f"wxlogin service listening on port {running.port}", flush=True)
         await stop.wait()

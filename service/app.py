@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pymongo.errors import ConfigurationError
 
-from service.cache import SessionCache
+from service.cache import SessionCache, UnknownTokens
+from service.callers import CallerInterceptor, Callers, install_log_context, load_callers
 from service.crypto import SessionKeyCipher
 from service.embedded_mongo import EmbeddedMongo
 from service.errors import StoreUnavailable
-from service.limits import InFlightLimits
+from service.limits import InFlightLimits, LoginRates
 from service.rpc_handlers import add_auth_service
 from service.servicer import AuthServicer
 from service.sessions import Sessions
 from service.settings import ConfigError, Settings
 from service.store import Store, connect
+from service.tls import ReloadingServerCredentials, TlsFiles
 from service.user_data import UserDataDecryptor
 from service.wechat import WeChatClient, new_http_session
 from wxlogin.v1 import auth_pb2
@@ -30,6 +32,7 @@ from wxlogin.v1 import auth_pb2
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+RPC_NAMES = frozenset(auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods_by_name)
 # Requests are small (encryptedData of a phone number is a few hundred bytes).
 _MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 
@@ -43,6 +46,8 @@ class RunningService:
     mongodb_uri: str
     health: health.aio.HealthServicer
     sessions: Sessions
+    # Re-read what operators rotate (the callers file); what SIGHUP runs.
+    reload: Callable[[], None] = field(default=lambda: None)
 
 
 @asynccontextmanager
@@ -53,6 +58,16 @@ async def running_service(
     health_interval: float = 2.0,
 ) -> AsyncIterator[RunningService]:
     """Start everything the service needs; on exit drain RPCs, then close clients."""
+    problem = settings.exposure_problem()
+    if problem is not None:
+        if not settings.allow_insecure:
+            raise ConfigError(
+                "WXLOGIN_ALLOW_INSECURE",
+                f"{problem}; configure them, or set WXLOGIN_ALLOW_INSECURE=true to accept that",
+            )
+        log.warning("!!! INSECURE: %s (WXLOGIN_ALLOW_INSECURE=true) !!!", problem)
+    callers = _load_callers(settings)
+    tls = _tls(settings)
     async with AsyncExitStack() as stack:
         uri = settings.mongodb_uri
         if uri is None:
@@ -72,7 +87,7 @@ async def running_service(
         stack.callback(mongo_client.close)
         store = Store(
             mongo_client[settings.database],
-            SessionKeyCipher(settings.secret_key),
+            SessionKeyCipher(settings.secret_key, settings.old_secret_keys),
             batch_interval=settings.login_batch_interval,
             max_waiting_logins=settings.max_waiting_logins,
         )
@@ -98,15 +113,19 @@ async def running_service(
             settings.apps,
             session_ttl=settings.session_ttl,
             cache=SessionCache(settings.session_cache_seconds),
+            unknown=UnknownTokens(settings.unknown_token_cache_seconds),
+            login_rates=LoginRates(settings.login_rate_per_app),
         )
         user_data = UserDataDecryptor(sessions, store, watermark_max_age=settings.watermark_max_age)
 
+        interceptor = None if callers is None else CallerInterceptor(callers, SERVICE_NAME)
         server = grpc.aio.server(
+            interceptors=None if interceptor is None else [interceptor],
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 # Several service processes may share one port (scale-out on one host).
                 ("grpc.so_reuseport", 1),
-            ]
+            ],
         )
         limits = InFlightLimits(
             {
@@ -117,15 +136,23 @@ async def running_service(
         add_auth_service(AuthServicer(sessions, user_data, limits), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            )
         try:
-            port = server.add_insecure_port(settings.grpc_listen)
+            if tls is None:
+                port = server.add_insecure_port(settings.grpc_listen)
+            else:
+                port = server.add_secure_port(settings.grpc_listen, tls.credentials())
         except RuntimeError:
             port = 0
         if port == 0:
             raise ConfigError("WXLOGIN_GRPC_LISTEN", f"cannot listen on {settings.grpc_listen}")
+        # MongoDB answered ensure_indexes a moment ago: say so before the first
+        # call can arrive, or a readiness probe right after start sees NOT_FOUND.
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
 
         watcher = asyncio.create_task(_watch_store(store, health_servicer, health_interval))
@@ -146,15 +173,54 @@ async def running_service(
                 log.error("gRPC server did not stop within %.0fs", shutdown_grace + 5)
 
         stack.push_async_callback(drain)
-        log.info("wxlogin serving on port %d (apps: %s)", port, ", ".join(sorted(settings.apps)))
-        yield RunningService(server, port, uri, health_servicer, sessions)
+
+        def reload() -> None:
+            if tls is not None:
+                tls.reload()
+            if interceptor is not None:
+                try:
+                    fresh = _load_callers(settings)
+                except ConfigError as error:
+                    log.error("callers not reloaded, the previous ones stay: %s", error)
+                    return
+                if fresh is not None:
+                    interceptor.callers = fresh
+                    log.info("callers reloaded: %s", ", ".join(c.name for c in fresh.callers))
+
+        log.info(
+            "wxlogin serving on port %d over %s (apps: %s; callers: %s)",
+            port,
+            "plaintext" if tls is None else "mTLS" if settings.tls_client_ca else "TLS",
+            ", ".join(sorted(settings.apps)),
+            "anyone" if callers is None else ", ".join(c.name for c in callers.callers),
+        )
+        yield RunningService(server, port, uri, health_servicer, sessions, reload)
+
+
+def _tls(settings: Settings) -> ReloadingServerCredentials | None:
+    """The TLS certificates to serve with, checked now; None for plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return ReloadingServerCredentials(
+        TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    )
+
+
+def _load_callers(settings: Settings) -> Callers | None:
+    """The callers file's callers, or None when there is none (everyone may call everything)."""
+    if settings.callers_file is None:
+        return None
+    callers = load_callers(settings.callers_file, apps=settings.apps, rpcs=RPC_NAMES)
+    # Only now: without callers, there is no caller to name on a log line.
+    install_log_context()
+    return callers
 
 
 async def _watch_store(
     store: Store, health_servicer: health.aio.HealthServicer, interval: float
 ) -> None:
-    """Report SERVING only while MongoDB answers."""
-    serving: bool | None = None
+    """Report SERVING only while MongoDB answers (running_service set SERVING at start)."""
+    serving: bool | None = True
     ping: asyncio.Task[None] | None = None
     try:
         while True:

@@ -60,3 +60,48 @@ class SessionCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class UnknownTokens:
+    """Token hashes MongoDB just said it does not know: asked again soon, answered from here.
+
+    A client stuck on a stale token, or a flood replaying one, would otherwise
+    cost a MongoDB read per call. Safe because a token is handed out only after
+    its session is stored (durably): a hash unknown now was never handed out,
+    and only a token we mint can become known, which no one can know beforehand.
+    Bounded in size and age like the positive cache.
+    """
+
+    def __init__(
+        self,
+        max_age: float,
+        max_entries: int = 50_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_age = max_age
+        self._max_entries = max_entries
+        self._monotonic = monotonic
+        self._entries: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, session_id: object) -> bool:
+        if self._max_age <= 0 or not isinstance(session_id, str):
+            return False
+        stored_at = self._entries.get(session_id)
+        if stored_at is None:
+            return False
+        if self._monotonic() - stored_at > self._max_age:
+            del self._entries[session_id]
+            return False
+        return True
+
+    def add(self, session_id: str) -> None:
+        """Remember that MongoDB does not know this session id."""
+        if self._max_age <= 0:
+            return
+        self._entries[session_id] = self._monotonic()
+        self._entries.move_to_end(session_id)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -10,8 +10,10 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,21 +43,81 @@ def token_id(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class SessionKeyCipher:
-    """AES-256-GCM for session_keys at rest, bound to the session they belong to."""
+# Sealed blobs since key rotation: version byte, key id, nonce, ciphertext+tag.
+# Blobs from before (nonce, ciphertext+tag; no header) still open: see `open`.
+_SEALED_V1 = 1
+_KEY_ID_BYTES = 4
+_HEADER_BYTES = 1 + _KEY_ID_BYTES
+_TAG_BYTES = 16
 
-    def __init__(self, secret_key: bytes) -> None:
+
+def key_id(secret_key: bytes) -> bytes:
+    """A short public name for a secret key: HMAC of a label, so it reveals nothing of the key."""
+    return hmac.new(secret_key, b"wxlogin sealed session_key id", "sha256").digest()[:_KEY_ID_BYTES]
+
+
+class SessionKeyCipher:
+    """AES-256-GCM for session_keys at rest, bound to the session they belong to.
+
+    Seals with the current key only; opens with the current key or any of
+    `old_keys` (WXLOGIN_SECRET_KEYS_OLD), found by the key id each blob carries.
+    """
+
+    def __init__(self, secret_key: bytes, old_keys: Sequence[bytes] = ()) -> None:
+        self._current_id = key_id(secret_key)
         self._aead = AESGCM(secret_key)
+        self._by_id: dict[bytes, AESGCM] = {self._current_id: self._aead}
+        for old in old_keys:
+            kid = key_id(old)
+            if kid == self._current_id:
+                continue  # the current key listed as old too: harmless
+            if kid in self._by_id:
+                raise ValueError("two secret keys share a key id; generate a new key")
+            self._by_id[kid] = AESGCM(old)
+        # Legacy blobs name no key: the current one first (the common case), then the old ones.
+        self._all = list(self._by_id.values())
 
     def seal(self, session_key: str, session_id: str) -> bytes:
         """Encrypt, with the session id as associated data: blobs can't move between sessions."""
+        header = bytes([_SEALED_V1]) + self._current_id
         nonce = os.urandom(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, session_key.encode(), session_id.encode())
+        aad = header + session_id.encode()
+        return header + nonce + self._aead.encrypt(nonce, session_key.encode(), aad)
 
     def open(self, blob: bytes, session_id: str) -> str:
-        """Decrypt a sealed session_key; raises cryptography's InvalidTag if tampered with."""
+        """Decrypt a sealed session_key; raises cryptography's InvalidTag if no key opens it."""
+        aead = self._keyed(blob)
+        if aead is not None:
+            body = blob[_HEADER_BYTES:]
+            aad = blob[:_HEADER_BYTES] + session_id.encode()
+            try:
+                return aead.decrypt(body[:_NONCE_BYTES], body[_NONCE_BYTES:], aad).decode()
+            except InvalidTag:
+                pass  # a legacy blob whose random nonce happens to look like a header
+        # The format from before key ids: nonce, ciphertext; any configured key may be its.
         nonce, ciphertext = blob[:_NONCE_BYTES], blob[_NONCE_BYTES:]
-        return self._aead.decrypt(nonce, ciphertext, session_id.encode()).decode()
+        for candidate in self._all:
+            try:
+                return candidate.decrypt(nonce, ciphertext, session_id.encode()).decode()
+            except InvalidTag:
+                continue
+        raise InvalidTag()
+
+    def is_current(self, blob: bytes) -> bool:
+        """True when `blob` names the current key: nothing to re-seal (no decryption needed)."""
+        return self._keyed(blob) is self._aead
+
+    def reseal(self, blob: bytes, session_id: str) -> bytes | None:
+        """The same session_key sealed under the current key, or None if it already is."""
+        if self.is_current(blob):
+            return None
+        return self.seal(self.open(blob, session_id), session_id)
+
+    def _keyed(self, blob: bytes) -> AESGCM | None:
+        """The key a v1 blob names, if it is one we hold."""
+        if len(blob) < _HEADER_BYTES + _NONCE_BYTES + _TAG_BYTES or blob[0] != _SEALED_V1:
+            return None
+        return self._by_id.get(blob[1:_HEADER_BYTES])
 
 
 def decode_b64(field: str, value: str) -> bytes:

@@ -17,7 +17,11 @@
     ├── SignatureMismatch           SIGNATURE_MISMATCH   INVALID_ARGUMENT
     ├── StoreUnavailable            STORE_UNAVAILABLE    UNAVAILABLE
     ├── Overloaded                  OVERLOADED           RESOURCE_EXHAUSTED
+    ├── CallerUnauthenticated       CALLER_UNAUTHENTICATED  UNAUTHENTICATED
+    ├── CallerForbidden             CALLER_FORBIDDEN     PERMISSION_DENIED
     └── InternalError               INTERNAL             INTERNAL
+
+CALLER_* are about the backend calling us (WXLOGIN_CALLERS_FILE), never the user.
 
 Messages are written for the caller: they never carry secrets, tokens, stack
 traces or MongoDB's own error text. Anything not in the tree becomes INTERNAL.
@@ -130,6 +134,19 @@ class Overloaded(WxLoginError):
     default_message = "wxlogin is shedding load; retry with backoff"
 
 
+class CallerUnauthenticated(WxLoginError):
+    reason = "CALLER_UNAUTHENTICATED"
+    default_message = (
+        "unknown or missing caller credentials: send metadata x-wxlogin-caller-key "
+        "or a client certificate named in wxlogin's callers file"
+    )
+
+
+class CallerForbidden(WxLoginError):
+    reason = "CALLER_FORBIDDEN"
+    default_message = "this caller may not make this call (see wxlogin's callers file)"
+
+
 class InternalError(WxLoginError):
     reason = "INTERNAL"
     default_message = "internal error"
@@ -153,6 +170,8 @@ REASON_CODES: Mapping[str, grpc.StatusCode] = {
     "SIGNATURE_MISMATCH": grpc.StatusCode.INVALID_ARGUMENT,
     "STORE_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "OVERLOADED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "CALLER_UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+    "CALLER_FORBIDDEN": grpc.StatusCode.PERMISSION_DENIED,
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
 

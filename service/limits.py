@@ -1,4 +1,4 @@
-"""Load shedding: a bound on RPCs in flight, per kind of work, so overload fails fast.
+"""Limits: RPCs in flight per kind of work (load shedding), and logins per app and per caller.
 
 Without a bound, a stalled MongoDB or WeChat piles up calls (and their memory)
 until deadlines or the process give way, and every caller waits the whole way
@@ -13,10 +13,13 @@ while CheckSession, answered from the cache or one MongoDB read, keeps its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from service.errors import Overloaded
+from runtime.token_bucket import TokenBuckets
+from service.callers import Caller
+from service.errors import Overloaded, RateLimited
 
 # RPC method -> kind of work; methods not listed count as "session".
 RPC_KINDS: Mapping[str, str] = {"Login": "login"}
@@ -47,3 +50,43 @@ class InFlightLimits:
     def in_flight(self, kind: str) -> int:
         """RPCs of this kind running now."""
         return self._in_flight[kind]
+
+
+class LoginRates:
+    """Logins per app and per caller, as token buckets: junk codes must not spend WeChat's quota.
+
+    Every Login costs one jscode2session call against the app's WeChat quota,
+    whether its code is real or junk; once WeChat answers 45011 it does so for
+    every user of the app. A bound per app keeps one flood from getting there;
+    a bound per caller (its `login_rate` in the callers file) keeps one
+    backend's flood from using up the app's share. Refusals are RATE_LIMITED
+    with `retry_after_seconds` in the ErrorInfo metadata.
+    """
+
+    def __init__(self, per_app: float, *, burst_seconds: float = 2.0) -> None:
+        self._burst_seconds = burst_seconds
+        self._apps = None if per_app <= 0 else self._buckets(per_app)
+        self._callers: dict[str, TokenBuckets] = {}
+
+    def _buckets(self, rate: float) -> TokenBuckets:
+        return TokenBuckets(rate, max(1.0, rate * self._burst_seconds))
+
+    def admit(self, app_id: str, caller: Caller | None) -> None:
+        """Spend one login of `app_id` (and of `caller`, if it has a rate); RateLimited if none."""
+        if caller is not None and caller.login_rate is not None:
+            buckets = self._callers.get(caller.name)
+            if buckets is None or buckets.rate != caller.login_rate:
+                # First login of this caller, or a reloaded file changed its rate.
+                buckets = self._callers[caller.name] = self._buckets(caller.login_rate)
+            _spend(buckets, "", "this caller")
+        if self._apps is not None:
+            _spend(self._apps, app_id, "this app")
+
+
+def _spend(buckets: TokenBuckets, key: str, whose: str) -> None:
+    wait = buckets.take(key)
+    if wait > 0:
+        raise RateLimited(
+            f"too many logins for {whose}; retry later",
+            retry_after_seconds=str(max(1, math.ceil(wait))),
+        )

@@ -9,8 +9,10 @@ from datetime import datetime, timedelta
 
 from service import crypto
 from service.apps import resolve_app
-from service.cache import SessionCache
+from service.cache import SessionCache, UnknownTokens
+from service.callers import authorize_app, current_caller
 from service.errors import BadRequest, SessionExpired, SessionInvalid
+from service.limits import LoginRates
 from service.records import NewLogin, SessionRecord, UserRecord, utc_now_ms
 from service.store import Store
 from service.wechat import WeChatClient
@@ -45,6 +47,8 @@ class Sessions:
         *,
         session_ttl: int,
         cache: SessionCache,
+        unknown: UnknownTokens | None = None,
+        login_rates: LoginRates | None = None,
         now: Callable[[], datetime] = utc_now_ms,
     ) -> None:
         self._store = store
@@ -52,15 +56,21 @@ class Sessions:
         self._apps = apps
         self._session_ttl = timedelta(seconds=session_ttl)
         self._cache = cache
+        self._unknown = unknown or UnknownTokens(0)
+        self._login_rates = login_rates
         self._now = now
 
     async def login(self, app_id: str, code: str, *, deadline: float | None) -> LoginResult:
         """Exchange the code with WeChat, upsert the user and open a session."""
         app_id = resolve_app(self._apps, app_id)
+        # Before WeChat: a caller outside its grant must not spend the app's quota.
+        authorize_app(app_id)
         if not code:
             raise BadRequest("code is empty")
         if len(code) > _MAX_CODE_LENGTH:
             raise BadRequest("code is too long to be a wx.login() code")
+        if self._login_rates is not None:
+            self._login_rates.admit(app_id, current_caller())
         wx = await self._wechat.code2session(app_id, code, deadline=deadline)
         now = self._now()
         token = crypto.new_token()
@@ -91,10 +101,15 @@ class Sessions:
         now = self._now()
         record = self._cache.get(session_id, now)
         if record is None:
+            if session_id in self._unknown:
+                raise SessionInvalid()
             record = await self._store.find_session(session_id, deadline=deadline)
             if record is None:
+                self._unknown.add(session_id)
                 raise SessionInvalid()
             self._cache.put(record)
+        # Only now is the app known: a backend of app A never sees app B's sessions.
+        authorize_app(record.user.app_id)
         # The TTL monitor deletes expired documents only eventually: decide here.
         if now >= record.expires_at:
             raise SessionExpired()
@@ -107,5 +122,15 @@ class Sessions:
         if not crypto.is_well_formed_token(token):
             return
         session_id = crypto.token_id(token)
+        caller = current_caller()
+        if caller is not None and caller.apps is not None:
+            # A caller limited to some apps may end only their sessions: look first
+            # (one more read, for such callers only).
+            record = self._cache.get(session_id, self._now()) or await self._store.find_session(
+                session_id, deadline=deadline
+            )
+            if record is None:
+                return
+            authorize_app(record.user.app_id)
         self._cache.drop(session_id)
         await self._store.delete_session(session_id, deadline=deadline)

@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.config import ConfigError, parse_apps, parse_listen, parse_seconds
+from service.crypto import key_id
 
 __all__ = ["ConfigError", "Settings"]
 
 DEFAULT_GRPC_LISTEN = "127.0.0.1:50051"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
 DEFAULT_SESSION_TTL = 7 * 24 * 3600
+# Logins per second per app, per process (service/limits.py); WeChat's quota is per app.
+DEFAULT_LOGIN_RATE = 1000.0
 # One day: long enough for a client that retries or queues the call, short enough
 # that a captured encryptedData blob is not replayable forever.
 DEFAULT_WATERMARK_MAX_AGE = 24 * 3600
@@ -50,6 +53,22 @@ class Settings:
     max_in_flight_logins: int = 512
     max_in_flight_session_calls: int = 4096
     max_waiting_logins: int = 2048
+    # WXLOGIN_SECRET_KEYS_OLD: earlier secret keys, still opened, never sealed with.
+    old_secret_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    # WXLOGIN_CALLERS_FILE (service/callers.py); None: every caller may call everything.
+    callers_file: Path | None = None
+    # WXLOGIN_ALLOW_INSECURE: a non-loopback listen address without TLS or callers.
+    allow_insecure: bool = False
+    # WXLOGIN_REFLECTION: server reflection (grpcurl without the proto); the dev stack sets it.
+    reflection: bool = False
+    # WXLOGIN_TLS_CERT/_KEY: serve over TLS; WXLOGIN_TLS_CLIENT_CA: require client certs (mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # WXLOGIN_LOGIN_RATE: Logins per second per app, per process; 0 = no bound.
+    login_rate_per_app: float = DEFAULT_LOGIN_RATE
+    # How long CheckSession remembers that a token hash is unknown (service/cache.py).
+    unknown_token_cache_seconds: float = 5.0
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even by printing the settings.
@@ -72,6 +91,7 @@ class Settings:
                 "required: base64 of 32 random bytes "
                 '(python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())")',
             )
+        tls_cert, tls_key, tls_client_ca = parse_tls(env)
         return cls(
             apps=parse_apps(apps_raw),
             secret_key=parse_secret_key(key_raw),
@@ -97,18 +117,119 @@ class Settings:
                 DEFAULT_WATERMARK_MAX_AGE,
                 minimum=0,
             ),
+            old_secret_keys=parse_old_secret_keys(env.get("WXLOGIN_SECRET_KEYS_OLD")),
+            callers_file=parse_path("WXLOGIN_CALLERS_FILE", env.get("WXLOGIN_CALLERS_FILE")),
+            allow_insecure=parse_bool("WXLOGIN_ALLOW_INSECURE", env.get("WXLOGIN_ALLOW_INSECURE")),
+            reflection=parse_bool("WXLOGIN_REFLECTION", env.get("WXLOGIN_REFLECTION")),
+            login_rate_per_app=parse_rate("WXLOGIN_LOGIN_RATE", env.get("WXLOGIN_LOGIN_RATE")),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
         )
 
+    @property
+    def tls(self) -> bool:
+        """True when gRPC is served over TLS."""
+        return self.tls_cert is not None
 
-def parse_secret_key(raw: str) -> bytes:
-    """Decode WXLOGIN_SECRET_KEY, which must be base64 of exactly 32 bytes."""
+    def exposure_problem(self) -> str | None:
+        """Why this set-up must not listen where it does, or None when it may.
+
+        Off loopback, anyone on the network can reach the port: without TLS they
+        read tokens and personal data off the wire, without callers they call
+        every RPC. WXLOGIN_ALLOW_INSECURE=true accepts that (behind a mesh that
+        does both, say), loudly.
+        """
+        if parse_listen("WXLOGIN_GRPC_LISTEN", self.grpc_listen, DEFAULT_GRPC_LISTEN).is_loopback:
+            return None
+        missing = [
+            what
+            for what, present in (
+                ("TLS (WXLOGIN_TLS_CERT, WXLOGIN_TLS_KEY)", self.tls),
+                ("callers (WXLOGIN_CALLERS_FILE)", self.callers_file is not None),
+            )
+            if not present
+        ]
+        if not missing:
+            return None
+        return f"listening on {self.grpc_listen}, beyond loopback, without " + " or ".join(missing)
+
+
+def parse_secret_key(raw: str, variable: str = "WXLOGIN_SECRET_KEY", what: str = "") -> bytes:
+    """Decode a secret key, which must be base64 of exactly 32 bytes (`what` names an entry)."""
     try:
         key = base64.b64decode(raw.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError("WXLOGIN_SECRET_KEY", "not valid base64") from None
+        raise ConfigError(variable, f"{what}not valid base64") from None
     if len(key) != 32:
-        raise ConfigError("WXLOGIN_SECRET_KEY", f"must decode to 32 bytes, got {len(key)}")
+        raise ConfigError(variable, f"{what}must decode to 32 bytes, got {len(key)}")
     return key
+
+
+def parse_old_secret_keys(raw: str | None) -> tuple[bytes, ...]:
+    """WXLOGIN_SECRET_KEYS_OLD: comma-separated earlier keys, each like WXLOGIN_SECRET_KEY."""
+    variable = "WXLOGIN_SECRET_KEYS_OLD"
+    if raw is None or not raw.strip():
+        return ()
+    keys: list[bytes] = []
+    ids: set[bytes] = set()
+    for number, item in enumerate(raw.split(","), start=1):
+        # Never echo the entry: it is a secret.
+        key = parse_secret_key(item, variable, f"entry {number} ")
+        kid = key_id(key)
+        if kid in ids:
+            raise ConfigError(variable, f"entry {number} repeats an earlier key")
+        ids.add(kid)
+        keys.append(key)
+    return tuple(keys)
+
+
+def parse_tls(env: Mapping[str, str]) -> tuple[Path | None, Path | None, Path | None]:
+    """WXLOGIN_TLS_CERT and _KEY (both or neither), and WXLOGIN_TLS_CLIENT_CA (needs them)."""
+    cert = parse_path("WXLOGIN_TLS_CERT", env.get("WXLOGIN_TLS_CERT"))
+    key = parse_path("WXLOGIN_TLS_KEY", env.get("WXLOGIN_TLS_KEY"))
+    client_ca = parse_path("WXLOGIN_TLS_CLIENT_CA", env.get("WXLOGIN_TLS_CLIENT_CA"))
+    if (cert is None) != (key is None):
+        missing = "WXLOGIN_TLS_KEY" if key is None else "WXLOGIN_TLS_CERT"
+        raise ConfigError(missing, "TLS needs both WXLOGIN_TLS_CERT and WXLOGIN_TLS_KEY")
+    if client_ca is not None and cert is None:
+        raise ConfigError(
+            "WXLOGIN_TLS_CLIENT_CA", "client certificates need TLS: set WXLOGIN_TLS_CERT and _KEY"
+        )
+    return cert, key, client_ca
+
+
+def parse_rate(variable: str, value: str | None) -> float:
+    """Logins per second, >= 0 (0: no bound); unset or empty means the default."""
+    if value is None or not value.strip():
+        return DEFAULT_LOGIN_RATE
+    try:
+        rate = float(value)
+    except ValueError:
+        raise ConfigError(variable, f"expected logins per second, got {value!r}") from None
+    if not 0 <= rate < float("inf"):
+        raise ConfigError(variable, f"must be >= 0 (0: no bound), got {value!r}")
+    return rate
+
+
+def parse_bool(variable: str, value: str | None) -> bool:
+    """`true` or `false` (any case); unset or empty means false."""
+    text = (value or "").strip().lower()
+    if text in ("", "false"):
+        return False
+    if text == "true":
+        return True
+    raise ConfigError(variable, f"expected true or false, got {value!r}")
+
+
+def parse_path(variable: str, value: str | None) -> Path | None:
+    """A file that must exist; unset or empty means None."""
+    if value is None or not value.strip():
+        return None
+    path = Path(value.strip())
+    if not path.is_file():
+        raise ConfigError(variable, f"no such file: {path}")
+    return path
 
 
 def parse_url(variable: str, value: str | None) -> str:

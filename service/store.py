@@ -6,11 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import pymongo
 from bson import Binary, ObjectId
+from cryptography.exceptions import InvalidTag
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import ASCENDING, ReadPreference, UpdateOne, WriteConcern
 from pymongo.errors import (
@@ -20,6 +21,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
+from runtime.ratelimited_log import RateLimitedLog
 from service.batching import GroupCommit, QueueFull
 from service.crypto import SessionKeyCipher
 from service.deadlines import budget
@@ -27,6 +29,10 @@ from service.errors import InternalError, Overloaded, StoreUnavailable, WxLoginE
 from service.records import NewLogin, SavedLogin, SessionRecord, UserRecord
 
 log = logging.getLogger(__name__)
+# During an outage every call fails the same way: one line per kind of failure
+# every 10 s, with the count of the others, says as much as thousands would.
+_outage = RateLimitedLog(log, 10.0)
+_quiet = RateLimitedLog(log)
 
 MotorDatabase = AsyncIOMotorDatabase[dict[str, Any]]
 MotorClient = AsyncIOMotorClient[dict[str, Any]]
@@ -78,14 +84,16 @@ async def _translated(deadline: float | None = None) -> AsyncIterator[None]:
                 with pymongo.timeout(seconds):
                     yield
     except TimeoutError:
-        log.warning("MongoDB did not answer within %.2fs", seconds)
+        _outage.log(logging.WARNING, "deadline", "MongoDB did not answer before the deadline")
         raise StoreUnavailable() from None
     except (ConnectionFailure, ServerSelectionTimeoutError) as error:
-        log.warning("MongoDB unavailable: %s", type(error).__name__)
+        kind = type(error).__name__
+        _outage.log(logging.WARNING, kind, "MongoDB unavailable: %s", kind)
         raise StoreUnavailable() from None
     except PyMongoError as error:
         if error.timeout:  # the deadline came first: retryable, like an outage
-            log.warning("MongoDB did not answer in time: %s", type(error).__name__)
+            kind = type(error).__name__
+            _outage.log(logging.WARNING, kind, "MongoDB did not answer in time: %s", kind)
             raise StoreUnavailable() from None
         log.error("MongoDB error: %s", error)
         raise InternalError() from None
@@ -156,7 +164,9 @@ class Store:
                 self._logins.submit(login), None if seconds == float("inf") else seconds
             )
         except TimeoutError:
-            log.warning("login write did not finish before the caller's deadline")
+            _outage.log(
+                logging.WARNING, "login wait", "login writes did not finish before their deadlines"
+            )
             raise StoreUnavailable() from None
         except QueueFull:
             raise Overloaded("too many logins wait for the session store; retry later") from None
@@ -316,9 +326,50 @@ class Store:
         if doc is None:
             return None
         user = UserRecord(str(doc["user_id"]), doc["app_id"], doc["openid"], doc.get("unionid"))
-        return SessionRecord(
-            session_id, user, doc["created_at"], doc["expires_at"], bytes(doc["session_key"])
-        )
+        sealed = bytes(doc["session_key"])
+        # An expired session is never opened again: nothing to gain from a write.
+        if not self._cipher.is_current(sealed) and doc["expires_at"] > datetime.now(UTC):
+            sealed = await self._reseal(session_id, user, sealed, deadline)
+        return SessionRecord(session_id, user, doc["created_at"], doc["expires_at"], sealed)
+
+    async def _reseal(
+        self, session_id: str, user: UserRecord, sealed: bytes, deadline: float | None
+    ) -> bytes:
+        """Re-seal a session_key found under an old key (or the format without a key id).
+
+        Done on read, not left to the next login, so that every session in use
+        moves to the current key at its first use after a rotation, and the old
+        key can go once the sessions nobody uses have expired. The write is
+        conditional on the blob still being the one read, durable, and best
+        effort: if it fails, the session still opens with the old key.
+        """
+        try:
+            resealed = self._cipher.reseal(sealed, session_id)
+        except InvalidTag:
+            # Under a key we no longer hold: DecryptUserData will say INTERNAL;
+            # CheckSession needs no session_key and keeps working.
+            # Once per interval: every check of such a session comes here.
+            _quiet.log(
+                logging.ERROR,
+                "unknown sealing key",
+                "a session_key (user_id=%s) is sealed under a key not in WXLOGIN_SECRET_KEY "
+                "or WXLOGIN_SECRET_KEYS_OLD",
+                user.user_id,
+            )
+            return sealed
+        if resealed is None:
+            return sealed
+        try:
+            async with _translated(deadline):
+                await self._sessions.update_one(
+                    {"_id": session_id, "session_key": Binary(sealed)},
+                    {"$set": {"session_key": Binary(resealed)}},
+                )
+        except WxLoginError as error:
+            log.warning("re-sealing a session_key failed (%s); retried at next use", error.reason)
+            return sealed
+        log.debug("re-sealed the session_key of user_id=%s under the current key", user.user_id)
+        return resealed
 
     async def delete_session(self, session_id: str, *, deadline: float | None = None) -> None:
         """Remove a session (log out), durably; removing an absent one is not an error."""

@@ -6,6 +6,7 @@ Also: WXLOGIN_DEV_MONGO_REPLICAS, and a dev stack whose mongod dies stops too.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import grpc
 import pytest
 
 from devtools.devstack import DEV_APP
+from tests.support import error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -118,9 +120,17 @@ async def _login(banner: str, user: str) -> auth_pb2.LoginResponse:
         http.post(emulator.group(1) + "/_dev/login", json={"appid": DEV_APP, "user": user}) as got,
     ):
         code = (await got.json())["code"]
+    # The banner names the keys file; the demo caller may call every RPC.
+    keys_file = re.search(r"keys: (\S+)\)", banner)
+    assert keys_file
+    keys = await asyncio.to_thread(Path(keys_file.group(1)).read_text)
+    demo_key = json.loads(keys)["demo"]
     async with grpc.aio.insecure_channel(grpc_target.group(1)) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
-        return await stub.Login(auth_pb2.LoginRequest(app_id=DEV_APP, code=code))
+        return await stub.Login(
+            auth_pb2.LoginRequest(app_id=DEV_APP, code=code),
+            metadata=(("x-wxlogin-caller-key", demo_key),),
+        )
 
 
 async def test_dev_stack_starts_serves_and_leaves_no_process_behind(tmp_path: Path) -> None:
@@ -131,11 +141,32 @@ async def test_dev_stack_starts_serves_and_leaves_no_process_behind(tmp_path: Pa
         assert len(children) >= 3  # mongod, emulator, service (+ edge)
 
         assert (await _login(banner, "devuser")).token
+        await _callers_are_required(banner)
 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 60) == 0
         assert not await _outlived(children), "a dev-stack process outlived it"
         assert (tmp_path / "data" / "dev-secret-key").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "data" / "dev-caller-keys.json").stat().st_mode & 0o777 == 0o600
+
+
+async def _callers_are_required(banner: str) -> None:
+    """No key: CALLER_UNAUTHENTICATED; the banner's grpcurl key (the backend's) may check."""
+    grpc_target = re.search(r"gRPC\s+(\S+)", banner)
+    backend_key = re.search(r"-H 'x-wxlogin-caller-key: (\S+)'", banner)
+    assert grpc_target
+    assert backend_key
+    request = auth_pb2.CheckSessionRequest(token="wxl1_" + "D" * 43)
+    async with grpc.aio.insecure_channel(grpc_target.group(1)) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CheckSession(request)
+        assert error_info(caught.value).reason == "CALLER_UNAUTHENTICATED"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CheckSession(
+                request, metadata=(("x-wxlogin-caller-key", backend_key.group(1)),)
+            )
+        assert error_info(caught.value).reason == "SESSION_INVALID"  # past the caller check
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,10 @@ EXPECTED_HTTP = {
     "WATERMARK_EXPIRED": 400,
     "SIGNATURE_MISMATCH": 400,
     "STORE_UNAVAILABLE": 503,
+    # wxlogin refused the edge itself: the user did nothing wrong, and logging in
+    # again cannot help, so neither 401 nor 403 (clients/http_errors.py).
+    "CALLER_UNAUTHENTICATED": 500,
+    "CALLER_FORBIDDEN": 500,
     "INTERNAL": 500,
 }
 SERVICE_ERRORS = {cls.reason: cls for cls in service_errors.WxLoginError.__subclasses__()}

@@ -37,16 +37,29 @@ async def test_health_is_serving_for_the_server_and_the_service(service: Running
     assert await health(service.port, "wxlogin.v1.AuthService") == SERVING
 
 
-async def test_reflection_lists_the_service(service: RunningService) -> None:
-    """Server reflection exposes wxlogin.v1.AuthService (grpcurl works without the proto)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+async def listed_services(port: int) -> set[str]:
+    """The services server reflection names (raises UNIMPLEMENTED when reflection is off)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         async for reply in stub.ServerReflectionInfo(iter([request])):
-            names = {item.name for item in reply.list_services_response.service}
-            break
+            return {item.name for item in reply.list_services_response.service}
+    raise AssertionError("no reflection reply")
+
+
+async def test_reflection_lists_the_service_when_enabled(start_service: ServiceFactory) -> None:
+    """With WXLOGIN_REFLECTION=true, reflection exposes AuthService (grpcurl without the proto)."""
+    async with start_service(reflection=True) as running:
+        names = await listed_services(running.port)
     assert "wxlogin.v1.AuthService" in names
     assert "grpc.health.v1.Health" in names
+
+
+async def test_reflection_is_off_by_default(service: RunningService) -> None:
+    """Without WXLOGIN_REFLECTION, the server does not describe itself to whoever asks."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await listed_services(service.port)
+    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_mongodb_down_means_not_serving_and_store_unavailable(
@@ -114,12 +127,13 @@ async def test_bad_configuration_exits_2_with_one_line_naming_the_variable(
             {"mongodb_uri": "mongodb://user:pw@127.0.0.1:9/?serverSelectionTimeoutMS=300"},
             "WXLOGIN_MONGODB_URI",
         ),
-        ({"grpc_listen": "192.0.2.1:50051"}, "WXLOGIN_GRPC_LISTEN"),  # not our address
+        # Not our address (and past the insecure-listen check, which comes first).
+        ({"grpc_listen": "192.0.2.1:50051", "allow_insecure": True}, "WXLOGIN_GRPC_LISTEN"),
     ],
 )
 async def test_configuration_found_bad_at_start_is_a_config_error_naming_it(
     start_service: ServiceFactory,
-    overrides: dict[str, str],
+    overrides: dict[str, object],
     variable: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

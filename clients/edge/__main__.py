@@ -20,11 +20,20 @@ log = logging.getLogger("edge")
 async def serve(config: EdgeConfig) -> None:
     """Serve until a termination signal, then stop gracefully."""
     stop = stop_on_signals()
-    app = init_app(config.upstream, session_cache_seconds=config.session_cache_seconds)
+    app = init_app(
+        config.upstream,
+        session_cache_seconds=config.session_cache_seconds,
+        security=config.security,
+    )
     async with serving(app, config.listen.host, config.listen.port) as port:
         # The one stdout line: the dev stack and the tests read the port from it.
         print(f"edge listening on http://{config.listen.url_host}:{port}", flush=True)
-        log.info("calling wxlogin at %s", config.upstream)
+        log.info(
+            "calling wxlogin at %s (%s, %s)",
+            config.upstream,
+            "TLS" if config.security.tls is not None else "plaintext",
+            "with a caller key" if config.security.caller_key else "no caller key",
+        )
         await stop.wait()
         log.info("stopping: letting in-flight requests finish")
 

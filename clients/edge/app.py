@@ -24,8 +24,10 @@ from clients._errors import (
     WxLoginError,
 )
 from clients._models import User
+from clients._upstream import UpstreamConfig
 from clients.client import Deadlines, RetryPolicy, WxLoginClient, is_request_id, open_channel
 from clients.edge.http_errors import MethodNotAllowed, NotFound, PayloadTooLarge
+from clients.edge.redact import has_token
 from clients.http_errors import error_response
 from clients.session_cache import SessionCache
 
@@ -36,6 +38,8 @@ OPENAPI = web.AppKey("openapi", bytes)
 REQUEST_ID = web.RequestKey("request_id", str)
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# aiohttp's default Server header names Python's and aiohttp's versions: a gift to scanners.
+SERVER_HEADER = "wxlogin-edge"
 # A mini-program's largest body is encryptedData of a user profile: a few KB.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -47,13 +51,19 @@ def init_app(
     retry: RetryPolicy | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     session_cache_seconds: float = 0.0,
+    security: UpstreamConfig | None = None,
 ) -> web.Application:
-    """The edge for a gRPC target (channel opened and closed with the app) or a shared channel."""
+    """The edge for a gRPC target (channel opened and closed with the app) or a shared channel.
+
+    `security`: TLS for a channel the app opens, and the caller key sent on every call.
+    """
     app = web.Application(middlewares=[_envelope], client_max_size=max_body_bytes)
     app[OPENAPI] = resources.files(__package__).joinpath("openapi.json").read_bytes()
     app[REQUEST_IDS] = _RequestIds()
     cache = SessionCache(session_cache_seconds) if session_cache_seconds > 0 else None
-    app.cleanup_ctx.append(_upstream_client(upstream, deadlines, retry, cache))
+    app.cleanup_ctx.append(
+        _upstream_client(upstream, deadlines, retry, cache, security or UpstreamConfig())
+    )
     app.router.add_post("/v1/login", login)
     app.router.add_get("/v1/session", session, allow_head=False)
     app.router.add_post("/v1/user-data/decrypt", decrypt_user_data)
@@ -69,12 +79,19 @@ def _upstream_client(
     deadlines: Deadlines | None,
     retry: RetryPolicy | None,
     cache: SessionCache | None,
+    security: UpstreamConfig,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         # One channel for every request: it multiplexes them over one HTTP/2 connection.
-        channel = open_channel(upstream) if isinstance(upstream, str) else upstream
+        channel = (
+            open_channel(upstream, tls=security.tls) if isinstance(upstream, str) else upstream
+        )
         app[UPSTREAM] = WxLoginClient(
-            channel, deadlines=deadlines, retry=retry, session_cache=cache
+            channel,
+            deadlines=deadlines,
+            retry=retry,
+            session_cache=cache,
+            caller_key=security.caller_key,
         )
         try:
             yield
@@ -104,18 +121,21 @@ REQUEST_IDS = web.AppKey("request_ids", _RequestIds)
 
 @web.middleware
 async def _envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id in and out, and every failure as the JSON error body.
+    """Request id in and out, every failure as the JSON error body, a neutral Server header.
 
     One middleware, not two: each layer costs a coroutine per request on the
     edge's hottest route (bench/README.md).
     """
-    given = request.headers.get(REQUEST_ID_HEADER)
+    request_id = request.headers.get(REQUEST_ID_HEADER)
     # One of another shape (spaces, non-ASCII, too long) is replaced, not refused:
     # a request id is for finding log lines, never a reason to fail a request.
-    request_id = given if given is not None and is_request_id(given) else request.app[REQUEST_IDS]()
+    # So is a token sent as one: it would be logged with every line of the request.
+    if request_id is None or not is_request_id(request_id) or has_token(request_id):
+        request_id = request.app[REQUEST_IDS]()
     request[REQUEST_ID] = request_id
     response = await _answer_or_error(request, handler)
     response.headers[REQUEST_ID_HEADER] = request_id
+    response.headers["Server"] = SERVER_HEADER
     return response
 
 
@@ -226,7 +246,12 @@ def _bearer(request: web.Request) -> str:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    try:
+        raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    except (web.RequestPayloadError, ConnectionResetError):
+        # Bad chunking or compression, or a body cut short: the caller's fault,
+        # not a crash (aiohttp logs the cause once, without the body's text).
+        raise BadRequest("the request body could not be read") from None
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

@@ -1,10 +1,11 @@
-"""The edge's configuration: WXLOGIN_HTTP_LISTEN and WXLOGIN_UPSTREAM, read once at start-up."""
+"""The edge's configuration: where it listens, which wxlogin it calls and how; read at start."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from clients._upstream import UpstreamConfig
 from runtime.config import ConfigError, ListenAddress, parse_listen, parse_log_level
 
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
@@ -22,6 +23,8 @@ class EdgeConfig:
     log_level: str = "INFO"
     # Seconds GET /v1/session may answer from memory (clients/session_cache.py); 0 = off.
     session_cache_seconds: float = DEFAULT_SESSION_CACHE_SECONDS
+    # WXLOGIN_UPSTREAM_CA/_CERT/_KEY and WXLOGIN_CALLER_KEY: TLS to wxlogin, and who we are.
+    security: UpstreamConfig = field(default_factory=UpstreamConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EdgeConfig:
@@ -35,6 +38,7 @@ class EdgeConfig:
             parse_cache_seconds(
                 "WXLOGIN_EDGE_SESSION_CACHE", env.get("WXLOGIN_EDGE_SESSION_CACHE")
             ),
+            UpstreamConfig.from_env(env),
         )
 
 
