@@ -52,7 +52,7 @@ edge: proto
 
 # The programs the suite drives besides Python: h2load and wrk (bench smoke),
 # node (the mini-program sample's test). Installed with apt when missing.
-TOOLS := h2load:nghttp2-client wrk:wrk node:nodejs
+TOOLS := h2load:nghttp2-client wrk:wrk node:nodejs promtool:prometheus
 tools:
 	@missing=""; for pair in $(TOOLS); do \
 	    command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \

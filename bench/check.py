@@ -70,6 +70,7 @@ async def grpc_sample(
     *,
     samples: int,
     concurrency: int = 16,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> CheckResult:
     """Send protobuf `bodies` (cycled) `samples` times and compare each status with `expect`."""
     async with grpc.aio.insecure_channel(target) as channel:
@@ -77,7 +78,7 @@ async def grpc_sample(
 
         async def one(index: int) -> str:
             try:
-                await call(bodies[index % len(bodies)], timeout=10)
+                await call(bodies[index % len(bodies)], timeout=10, metadata=tuple(metadata))
             except grpc.aio.AioRpcError as error:
                 got, reason = error.code(), _reason(error)
             else:

@@ -156,12 +156,16 @@ async def h2load(
     warmup: float = 0.0,
     requests: int | None = None,
     cpus: Sequence[int] | None = None,
+    headers: Sequence[str] = (),
 ) -> LoadResult:
-    """gRPC unary calls with one pre-framed body: `clients` connections x `streams` each."""
+    """gRPC unary calls with one pre-framed body: `clients` connections x `streams` each.
+
+    `headers` ("name: value") go with every call besides gRPC's own, e.g. a caller key.
+    """
     log_file = workdir / "h2load.log"
     log_file.unlink(missing_ok=True)
     argv = ["h2load", "-t", "1", "-c", str(clients), "-m", str(streams), "-d", str(body)]
-    for header in GRPC_HEADERS:
+    for header in (*GRPC_HEADERS, *headers):
         argv += ["-H", header]
     if duration is not None:
         argv += ["-D", f"{int(duration * 1000)}ms"]

@@ -18,7 +18,7 @@ import grpc
 
 from bench import loadgen, procstat, scenarios
 from bench.check import Expect
-from bench.fixtures import Emulator, Fixtures, login, prepare, require_ok
+from bench.fixtures import AUTH, Emulator, Fixtures, login, login_request, prepare, require_ok
 from bench.plan import Cores, Plan
 from bench.rig import Rig
 from bench.targets import evaluate
@@ -27,16 +27,26 @@ from devtools.devstack import DevStack
 from wxlogin.v1 import auth_pb2
 
 
-def _stack(workdir: Path, number: int, processes: int, *, edge: bool) -> DevStack:
+def _stack(
+    workdir: Path,
+    number: int,
+    processes: int,
+    *,
+    edge: bool,
+    callers: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> DevStack:
     """A dev stack on free ports with its own data and logs (emulator at zero latency)."""
     return DevStack(
         workdir / f"stack-{number}",
+        env=env,
         emulator_listen="127.0.0.1:0",
         grpc_listen="127.0.0.1:0",
         http_listen="127.0.0.1:0",
         service_processes=processes,
         with_edge=edge,
         log_dir=workdir / f"logs-{number}",
+        callers=callers,
     )
 
 
@@ -102,6 +112,72 @@ async def _scenarios(
     return done
 
 
+async def _with_callers(rig: Rig, bare_grpc: str) -> dict[str, Any]:
+    """CheckSession as production runs it: a stack with a callers file, a key on every call."""
+    try:
+        async with _stack(rig.workdir, 3, 1, edge=False, callers=True) as third:
+            return await _check_with_key(rig, third, bare_grpc)
+    finally:
+        # Gone with the stack: nothing may try to pin them any more.
+        for name in [name for name in rig.processes if name.endswith("@3")]:
+            del rig.processes[name]
+
+
+async def _check_with_key(rig: Rig, third: DevStack, bare_grpc: str) -> dict[str, Any]:
+    """The check_caller scenario on a running stack with callers."""
+    _adopt(rig, third, "@3")
+    rig.arrange([])
+    key = (("x-wxlogin-caller-key", third.caller_keys["backend"]),)
+    login_key = (("x-wxlogin-caller-key", third.caller_keys["demo"]),)
+    code = await Emulator(third.emulator_url, rig.http).code("bench-caller")
+    async with grpc.aio.insecure_channel(third.grpc_target) as channel:
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(AUTH + "Login")
+        reply = await call(login_request(code), timeout=10, metadata=login_key)
+    token = auth_pb2.LoginResponse.FromString(reply).token
+    return await scenarios.grpc_fixed(
+        rig,
+        key="check_caller",
+        title="CheckSession, valid token, caller key checked",
+        method="CheckSession",
+        request=auth_pb2.CheckSessionRequest(token=token).SerializeToString(),
+        expect=Expect(),
+        target=third.grpc_target,
+        bare=bare_grpc,
+        metadata=key,
+        service="service-1@3",
+    )
+
+
+async def _with_metrics(rig: Rig, bare_grpc: str) -> dict[str, Any]:
+    """CheckSession on a stack whose service serves /metrics (WXLOGIN_METRICS_LISTEN).
+
+    Its ratio beside check_valid's, both against the same bare server in the same
+    run, is the cost of the metrics (target: >= 0.85, bench/targets.py).
+    """
+    env = {**os.environ, "WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"}
+    try:
+        async with _stack(rig.workdir, 4, 1, edge=False, env=env) as fourth:
+            _adopt(rig, fourth, "@4")
+            rig.arrange([])
+            emulator = Emulator(fourth.emulator_url, rig.http)
+            async with grpc.aio.insecure_channel(fourth.grpc_target) as channel:
+                token, _ = await login(channel, await emulator.code("bench-metrics"))
+            return await scenarios.grpc_fixed(
+                rig,
+                key="check_metrics",
+                title="CheckSession, valid token, metrics on",
+                method="CheckSession",
+                request=auth_pb2.CheckSessionRequest(token=token).SerializeToString(),
+                expect=Expect(),
+                target=fourth.grpc_target,
+                bare=bare_grpc,
+                service="service-1@4",
+            )
+    finally:
+        for name in [name for name in rig.processes if name.endswith("@4")]:
+            del rig.processes[name]
+
+
 async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
     """A second stack with two service processes on one port, compared with the first."""
     async with _stack(rig.workdir, 2, 2, edge=False) as second:
@@ -140,6 +216,9 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
             stack.grpc_target, stack.edge_url, Emulator(stack.emulator_url, http), http
         )
         require_ok(fixtures)
+        # The caller scenario's baseline answers what a valid CheckSession does.
+        fixtures.canned_grpc["check_caller"] = fixtures.canned_grpc["check_valid"]
+        fixtures.canned_grpc["check_metrics"] = fixtures.canned_grpc["check_valid"]
         canned = workdir / "canned.json"
         canned.write_text(fixtures.canned_json())
         bare_grpc = await _bare(rig, exits, "grpc", canned)
@@ -152,6 +231,11 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         )
         log("scenarios, each beside its baseline")
         results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)
+        log("CheckSession with a caller key checked (a stack with callers)")
+        results["scenarios"].append(await _with_callers(rig, bare_grpc))
+        log("CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)")
+        results["scenarios"].append(await _with_metrics(rig, bare_grpc))
+        rig.arrange(["service-1"])
         log("scaling: 1 and 2 service processes")
         results["scaling"] = await _scaling(rig, stack)
     finished = datetime.now(UTC)

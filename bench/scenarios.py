@@ -4,10 +4,16 @@
 |---------------|-----------------------------------------|------------|---------------|
 | check_valid   | h2load, one CheckSession body           | service    | bare grpc.aio |
 | check_unknown | h2load, one CheckSession body           | service    | bare grpc.aio |
+| check_caller  | h2load, CheckSession + caller key       | service(*) | bare grpc.aio |
+| check_metrics | h2load, one CheckSession body           | service(+) | bare grpc.aio |
 | decrypt       | h2load, one DecryptUserData body        | service    | bare grpc.aio |
 | login         | bench.driver, one fresh code per call   | service    | bare grpc.aio |
 | edge_session  | wrk, GET /v1/session with a bearer      | edge       | bare aiohttp  |
 | edge_login    | wrk + Lua, one fresh code per request   | edge       | bare aiohttp  |
+
+(*) a stack of its own with a callers file, as in production: every call's key is checked.
+(+) a stack of its own with WXLOGIN_METRICS_LISTEN: its ratio over check_valid's is the
+    cost of the metrics.
 
 Plus two measurements without a baseline: service RSS over 200k CheckSession calls, and
 CheckSession throughput with one and with two service processes sharing the port.
@@ -16,6 +22,7 @@ CheckSession throughput with one and with two service processes sharing the port
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +51,9 @@ def body_file(rig: Rig, name: str, request: bytes) -> Path:
     return path
 
 
-def h2load(rig: Rig, url: str, body: Path, *, pinned: bool = True) -> Runner:
+def h2load(
+    rig: Rig, url: str, body: Path, *, pinned: bool = True, headers: Sequence[str] = ()
+) -> Runner:
     """The plan's h2load run: warm-up, then measured seconds, on the load cores if `pinned`."""
     plan = rig.plan
 
@@ -58,6 +67,7 @@ def h2load(rig: Rig, url: str, body: Path, *, pinned: bool = True) -> Runner:
             duration=plan.duration,
             warmup=plan.warmup,
             cpus=rig.cores.load if pinned else None,
+            headers=headers,
         )
 
     return run
@@ -89,15 +99,24 @@ async def grpc_fixed(
     expect: Expect,
     target: str,
     bare: str,
+    metadata: Sequence[tuple[str, str]] = (),
+    service: str = "service-1",
 ) -> dict[str, Any]:
-    """A gRPC scenario whose every request may be the same bytes: h2load on both sides."""
+    """A gRPC scenario whose every request may be the same bytes: h2load on both sides.
+
+    `metadata` goes with every call to the subject (a caller key); the bare baseline
+    gets the same headers and ignores them, as a server without auth would.
+    """
     plan = rig.plan
     body = body_file(rig, key, request)
-    subject = h2load(rig, f"http://{target}{AUTH}{method}", body)
-    await profile(rig, key, subject)
+    headers = [f"{name}: {value}" for name, value in metadata]
+    subject = h2load(rig, f"http://{target}{AUTH}{method}", body, headers=headers)
+    await profile(rig, key, subject, service)
 
     async def check() -> CheckResult:
-        return await grpc_sample(target, AUTH + method, [request], expect, samples=plan.samples)
+        return await grpc_sample(
+            target, AUTH + method, [request], expect, samples=plan.samples, metadata=metadata
+        )
 
     async def baseline_check() -> CheckResult:
         return await grpc_sample(bare, grpc_path(key), [request], expect, samples=plan.samples // 4)
@@ -105,10 +124,11 @@ async def grpc_fixed(
     return await rig.compare(
         key=key,
         title=title,
-        driven_by=f"h2load -c{plan.clients} -m{plan.streams}, one pre-encoded body",
+        driven_by=f"h2load -c{plan.clients} -m{plan.streams}, one pre-encoded body"
+        + (", caller key" if metadata else ""),
         subject=subject,
-        subject_processes=["service-1"],
-        baseline=h2load(rig, f"http://{bare}{grpc_path(key)}", body),
+        subject_processes=[service],
+        baseline=h2load(rig, f"http://{bare}{grpc_path(key)}", body, headers=headers),
         baseline_process="bare-grpc",
         check=check,
         baseline_check=baseline_check,

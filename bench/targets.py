@@ -1,4 +1,4 @@
-"""The first performance targets (issue 4), checked against one run's results."""
+"""The performance targets (issues 4 and 10), checked against one run's results."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def _p99(key: str) -> Callable[[Mapping[str, Any]], float | None]:
     return measure
 
 
+def _metrics_cost(results: Mapping[str, Any]) -> float | None:
+    """CheckSession's ratio with metrics on over its ratio with them off, from the same run."""
+    on, off = _ratio("check_metrics")(results), _ratio("check_valid")(results)
+    return None if on is None or not off else on / off
+
+
 def _rss_growth(results: Mapping[str, Any]) -> float | None:
     rss = results.get("rss")
     return None if rss is None else float(rss["growth"])
@@ -51,6 +57,24 @@ TARGETS = (
         "check_valid_ratio", "CheckSession >= 0.60 x bare grpc.aio", _ratio("check_valid"), 0.60
     ),
     Target("check_valid_p99", "CheckSession p99 <= 20 ms", _p99("check_valid"), 20.0, True, " ms"),
+    Target(
+        "check_caller_ratio",
+        "CheckSession, caller key checked >= 0.80 x bare grpc.aio",
+        _ratio("check_caller"),
+        0.80,
+    ),
+    Target(
+        "check_unknown_ratio",
+        "CheckSession, unknown token >= 0.70 x bare grpc.aio",
+        _ratio("check_unknown"),
+        0.70,
+    ),
+    Target(
+        "check_metrics_cost",
+        "CheckSession with metrics on >= 0.85 x its ratio with them off",
+        _metrics_cost,
+        0.85,
+    ),
     Target("decrypt_ratio", "DecryptUserData >= 0.50 x bare grpc.aio", _ratio("decrypt"), 0.50),
     Target("login_ratio", "Login >= 0.30 x bare grpc.aio", _ratio("login"), 0.30),
     Target(

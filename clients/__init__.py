@@ -8,8 +8,10 @@ from clients._errors import (
     CallerUnauthenticated,
     CodeInvalid,
     CodeUsed,
+    CodeUserMismatch,
     DeadlineExceeded,
     DecryptFailed,
+    FailedPrecondition,
     InternalError,
     InvalidRequest,
     Overloaded,
@@ -18,6 +20,7 @@ from clients._errors import (
     ServiceUnavailable,
     SessionExpired,
     SessionInvalid,
+    SessionKeyStale,
     SignatureMismatch,
     StoreUnavailable,
     Unauthenticated,
@@ -29,12 +32,13 @@ from clients._errors import (
     WeChatUnavailable,
     WxLoginError,
 )
-from clients._models import LoginResult, Session, User, UserData
+from clients._models import AccessToken, LoginResult, PhoneNumber, Session, User, UserData
 from clients._upstream import TlsConfig, UpstreamConfig
 from clients.client import Deadlines, RetryPolicy, WxLoginClient, connect, open_channel
 from clients.session_cache import SessionCache
 
 __all__ = [
+    "AccessToken",
     "AppUnknown",
     "BadRequest",
     "CallerError",
@@ -42,14 +46,17 @@ __all__ = [
     "CallerUnauthenticated",
     "CodeInvalid",
     "CodeUsed",
+    "CodeUserMismatch",
     "DeadlineExceeded",
     "Deadlines",
     "DecryptFailed",
+    "FailedPrecondition",
     "InternalError",
     "InvalidRequest",
     "LoginResult",
     "Overloaded",
     "PermissionDenied",
+    "PhoneNumber",
     "RateLimited",
     "RetryPolicy",
     "ServiceUnavailable",
@@ -57,6 +64,7 @@ __all__ = [
     "SessionCache",
     "SessionExpired",
     "SessionInvalid",
+    "SessionKeyStale",
     "SignatureMismatch",
     "StoreUnavailable",
     "TlsConfig",

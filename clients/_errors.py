@@ -14,7 +14,11 @@
     │   └── SessionExpired            SESSION_EXPIRED
     ├── PermissionDenied              PERMISSION_DENIED
     │   ├── UserBlocked               USER_BLOCKED
-    │   └── WatermarkMismatch         WATERMARK_MISMATCH
+    │   ├── WatermarkMismatch         WATERMARK_MISMATCH
+    │   └── CodeUserMismatch          CODE_USER_MISMATCH (the code is another user's)
+    ├── FailedPrecondition            FAILED_PRECONDITION: do the named step first
+    │   └── SessionKeyStale           SESSION_KEY_STALE: call wx.login() and send the
+    │                                 code with the data (decrypt_user_data(code=...))
     ├── RateLimited                   RESOURCE_EXHAUSTED, RATE_LIMITED: slow down
     │   └── Overloaded                OVERLOADED (wxlogin sheds load; back off, then retry)
     ├── Unavailable                   UNAVAILABLE: retry later
@@ -130,6 +134,19 @@ class WatermarkMismatch(PermissionDenied):
     default_reason = "WATERMARK_MISMATCH"
 
 
+class CodeUserMismatch(PermissionDenied):
+    default_reason = "CODE_USER_MISMATCH"
+
+
+class FailedPrecondition(WxLoginError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class SessionKeyStale(FailedPrecondition):
+    default_reason = "SESSION_KEY_STALE"
+
+
 class RateLimited(WxLoginError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RATE_LIMITED"
@@ -207,6 +224,8 @@ BY_REASON: Mapping[str, type[WxLoginError]] = {
         SessionExpired,
         UserBlocked,
         WatermarkMismatch,
+        CodeUserMismatch,
+        SessionKeyStale,
         RateLimited,
         Overloaded,
         WeChatUnavailable,
@@ -225,6 +244,7 @@ _BY_CODE: Mapping[grpc.StatusCode, type[WxLoginError]] = {
         InvalidRequest,
         Unauthenticated,
         PermissionDenied,
+        FailedPrecondition,
         RateLimited,
         Unavailable,
         DeadlineExceeded,

@@ -41,3 +41,21 @@ class UserData:
 
     data: dict[str, Any]
     watermark_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PhoneNumber:
+    """A user's phone number from a getPhoneNumber code; personal data, so not in repr."""
+
+    phone_number: str = field(repr=False)  # "+1 4155550100" outside China, else no prefix
+    pure_phone_number: str = field(repr=False)
+    country_code: str  # a string, e.g. "86"
+    watermark_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An app's WeChat access_token, shared by every backend; use it until `expires_at`."""
+
+    access_token: str = field(repr=False)
+    expires_at: datetime

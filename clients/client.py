@@ -16,7 +16,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients._errors import DeadlineExceeded, WxLoginError, from_rpc_error
-from clients._models import LoginResult, Session, User, UserData
+from clients._models import AccessToken, LoginResult, PhoneNumber, Session, User, UserData
 from clients._upstream import CALLER_KEY_METADATA, TlsConfig, is_caller_key
 from clients.session_cache import SessionCache
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
@@ -41,6 +41,9 @@ DEFAULT_CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
 
 # Doubles carry integers exactly up to 2**53; see _plain_numbers.
 _EXACT_INT_LIMIT = 2**53
+# An access_token is used from memory until this long before its expires_at (at
+# most a quarter of the life it had left when fetched): time for the call it is for.
+_ACCESS_TOKEN_MARGIN = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,11 @@ class Deadlines:
     decrypt_user_data: float = 5.0
     revoke_session: float = 5.0
     health: float = 1.0
+    # These wait on WeChat (GetAccessToken only when wxlogin has no token yet).
+    get_phone_number: float = 10.0
+    get_access_token: float = 10.0
+    check_session_key: float = 10.0
+    reset_session_key: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,9 @@ class WxLoginClient:
         # Opt-in (see clients/session_cache.py): answers check_session from memory
         # for a few seconds, never past a session's expires_at.
         self.session_cache = session_cache
+        # app_id -> (token, use it until this loop.time()); see get_access_token.
+        self._access_tokens: dict[str, tuple[AccessToken, float]] = {}
+        self._access_token_locks: dict[str, asyncio.Lock] = {}
 
     async def login(
         self, code: str, *, app_id: str = "", request_id: str | None = None
@@ -174,9 +185,15 @@ class WxLoginClient:
         *,
         raw_data: str = "",
         signature: str = "",
+        code: str = "",
         request_id: str | None = None,
     ) -> UserData:
-        """Decrypt WeChat's encryptedData with the session's key; checks signature if given."""
+        """Decrypt WeChat's encryptedData with the user's session_key; checks signature if given.
+
+        `code`: a fresh wx.login() code the mini-program fetched just before the
+        data; wxlogin exchanges it first, so the key is WeChat's current one. Without
+        it, SessionKeyStale says the mini-program must do that (and resend).
+        """
         reply = await self._call(
             self._stub.DecryptUserData,
             auth_pb2.DecryptUserDataRequest(
@@ -185,9 +202,11 @@ class WxLoginClient:
                 iv=iv,
                 raw_data=raw_data,
                 signature=signature,
+                code=code,
             ),
             budget=self.deadlines.decrypt_user_data,
-            idempotent=True,
+            # A code is single use: a second try could only fail with CODE_USED.
+            idempotent=not code,
             request_id=request_id,
         )
         watermark = _datetime(reply.watermark_time) if reply.HasField("watermark_time") else None
@@ -202,6 +221,94 @@ class WxLoginClient:
             auth_pb2.RevokeSessionRequest(token=token),
             budget=self.deadlines.revoke_session,
             idempotent=True,
+            request_id=request_id,
+        )
+
+    async def get_phone_number(
+        self, token: str, phone_code: str, *, request_id: str | None = None
+    ) -> PhoneNumber:
+        """The session user's phone number for a getPhoneNumber button's code (single use)."""
+        reply = await self._call(
+            self._stub.GetPhoneNumber,
+            auth_pb2.GetPhoneNumberRequest(token=token, phone_code=phone_code),
+            budget=self.deadlines.get_phone_number,
+            idempotent=False,
+            request_id=request_id,
+        )
+        watermark = _datetime(reply.watermark_time) if reply.HasField("watermark_time") else None
+        return PhoneNumber(
+            phone_number=reply.phone_number,
+            pure_phone_number=reply.pure_phone_number,
+            country_code=reply.country_code,
+            watermark_time=watermark,
+        )
+
+    async def get_access_token(
+        self, app_id: str = "", *, rejected_token: str = "", request_id: str | None = None
+    ) -> AccessToken:
+        """The app's WeChat access_token, the same one every backend gets.
+
+        Served from memory until shortly before its `expires_at`. When WeChat
+        refuses it (errcode 40001, 40014 or 42001), call again with
+        `rejected_token=` the refused token: wxlogin replaces it (once, however
+        many backends report it) and every caller gets the new one. Needs a
+        caller granted GetAccessToken by name in wxlogin's callers file.
+        """
+        loop = asyncio.get_running_loop()
+        cached = self._access_tokens.get(app_id)
+        if (
+            cached is not None
+            and loop.time() < cached[1]
+            and cached[0].access_token != rejected_token
+        ):
+            return cached[0]
+        lock = self._access_token_locks.setdefault(app_id, asyncio.Lock())
+        async with lock:
+            # Another caller may have fetched (or replaced) it while we waited.
+            cached = self._access_tokens.get(app_id)
+            if (
+                cached is not None
+                and loop.time() < cached[1]
+                and cached[0].access_token != rejected_token
+            ):
+                return cached[0]
+            reply = await self._call(
+                self._stub.GetAccessToken,
+                auth_pb2.GetAccessTokenRequest(app_id=app_id, rejected_token=rejected_token),
+                budget=self.deadlines.get_access_token,
+                idempotent=True,
+                request_id=request_id,
+            )
+            token = AccessToken(reply.access_token, _datetime(reply.expires_at))
+            left = (token.expires_at - datetime.now(UTC)).total_seconds()
+            use_until = loop.time() + left - min(_ACCESS_TOKEN_MARGIN, max(left, 0) / 4)
+            self._access_tokens[app_id] = (token, use_until)
+            return token
+
+    async def check_session_key(self, token: str, *, request_id: str | None = None) -> bool:
+        """Whether WeChat still holds the session_key wxlogin holds for this user as current."""
+        reply = await self._call(
+            self._stub.CheckSessionKey,
+            auth_pb2.CheckSessionKeyRequest(token=token),
+            budget=self.deadlines.check_session_key,
+            idempotent=True,
+            request_id=request_id,
+        )
+        return bool(reply.valid)
+
+    async def reset_session_key(self, token: str, *, request_id: str | None = None) -> None:
+        """Have WeChat replace the user's session_key; wxlogin keeps the new one.
+
+        SessionKeyStale when wxlogin's key is no longer current (wx.login() ran
+        since): send a fresh code with decrypt_user_data instead.
+        """
+        await self._call(
+            self._stub.ResetSessionKey,
+            auth_pb2.ResetSessionKeyRequest(token=token),
+            budget=self.deadlines.reset_session_key,
+            # Not retried: after a reset that WeChat did but whose answer was lost,
+            # a second one signs with the old key and can only fail.
+            idempotent=False,
             request_id=request_id,
         )
 

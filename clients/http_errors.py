@@ -5,7 +5,9 @@
                          WATERMARK_EXPIRED, SIGNATURE_MISMATCH
     UNAUTHENTICATED      CODE_INVALID, CODE_USED, SESSION_INVALID,   401
                          SESSION_EXPIRED
-    PERMISSION_DENIED    USER_BLOCKED, WATERMARK_MISMATCH            403
+    PERMISSION_DENIED    USER_BLOCKED, WATERMARK_MISMATCH,           403
+                         CODE_USER_MISMATCH
+    FAILED_PRECONDITION  SESSION_KEY_STALE                           400
     RESOURCE_EXHAUSTED   RATE_LIMITED                                429
     UNAVAILABLE          WECHAT_UNAVAILABLE, WECHAT_ERROR,           503
                          STORE_UNAVAILABLE, SERVICE_UNAVAILABLE
@@ -36,6 +38,8 @@ _BY_CODE: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
+    # google.rpc's own mapping; the body's reason says which step comes first.
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,

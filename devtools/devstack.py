@@ -181,6 +181,10 @@ class DevStack:
         env.setdefault("WXLOGIN_DATA_DIR", str(self.data_dir))
         # grpcurl without the proto files: a dev convenience, off in production.
         env.setdefault("WXLOGIN_REFLECTION", "true")
+        # Login bounds off unless asked for: the bench and chaos runs drive thousands
+        # of logins a second from one address against one app.
+        env.setdefault("WXLOGIN_LOGIN_RATE", "0")
+        env.setdefault("WXLOGIN_EDGE_LOGIN_RATE", "0")
         if self._callers:
             self.caller_keys = dev_caller_keys(self.data_dir)
             env["WXLOGIN_CALLERS_FILE"] = str(write_dev_callers(self.data_dir, self.caller_keys))

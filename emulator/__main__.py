@@ -1,4 +1,5 @@
-"""Command line: ``python -m emulator [--listen HOST:PORT] [--apps ...] [--code-ttl SECONDS]``."""
+"""Command line: ``python -m emulator [--listen HOST:PORT] [--apps ...] [--code-ttl SECONDS]
+[--access-token-ttl SECONDS] [--access-token-overlap SECONDS]``."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class Config:
     apps: dict[str, str]
     code_ttl: float
     access_log: bool
+    access_token_ttl: float = 7200.0
+    access_token_overlap: float = 300.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +58,18 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
         "--code-ttl", type=float, default=300.0, help="login code lifetime, seconds (300)"
     )
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--access-token-ttl",
+        type=float,
+        default=7200.0,
+        help="access_token lifetime, seconds (WeChat: 7200)",
+    )
+    parser.add_argument(
+        "--access-token-overlap",
+        type=float,
+        default=300.0,
+        help="the last seconds of a token in which stable_token mints the next one (WeChat: 300)",
+    )
     args = parser.parse_args(argv)
 
     if args.listen is not None:
@@ -68,13 +83,26 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     code_ttl: float = args.code_ttl
     if not math.isfinite(code_ttl) or code_ttl <= 0:
         raise ConfigError("--code-ttl", "must be a positive number of seconds")
-    return Config(listen, apps, code_ttl, args.access_log)
+    token_ttl: float = args.access_token_ttl
+    if not math.isfinite(token_ttl) or token_ttl <= 0:
+        raise ConfigError("--access-token-ttl", "must be a positive number of seconds")
+    overlap: float = args.access_token_overlap
+    if not math.isfinite(overlap) or not 0 <= overlap < token_ttl:
+        raise ConfigError(
+            "--access-token-overlap", "must be >= 0 and shorter than --access-token-ttl"
+        )
+    return Config(listen, apps, code_ttl, args.access_log, token_ttl, overlap)
 
 
 async def serve(config: Config) -> int:
     """Serve until SIGINT or SIGTERM; returns the exit code."""
     stop = stop_on_signals()
-    app = init_app(config.apps, code_ttl=config.code_ttl)
+    app = init_app(
+        config.apps,
+        code_ttl=config.code_ttl,
+        access_token_ttl=config.access_token_ttl,
+        access_token_overlap=config.access_token_overlap,
+    )
     runner = web.AppRunner(
         app,
         access_log=access_logger if config.access_log else None,

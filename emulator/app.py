@@ -1,4 +1,4 @@
-"""The emulator's aiohttp application: WeChat's jscode2session plus the ``/_dev`` control API."""
+"""The emulator's aiohttp application: WeChat's APIs plus the ``/_dev`` control API."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from aiohttp.typedefs import Handler
 
 from emulator.state import (
     CHAOS_KINDS,
+    ENDPOINTS,
     Chaos,
     EmulatorState,
     Fault,
     NeverLoggedInError,
+    NoPhoneError,
     UnknownAppError,
     WeChatError,
 )
@@ -28,17 +30,40 @@ STATE = web.AppKey("state", EmulatorState)
 
 
 def init_app(
-    apps: Mapping[str, str], code_ttl: float = 300.0, clock: Callable[[], float] = time.time
+    apps: Mapping[str, str],
+    code_ttl: float = 300.0,
+    clock: Callable[[], float] = time.time,
+    *,
+    access_token_ttl: float = 7200.0,
+    access_token_overlap: float = 300.0,
 ) -> web.Application:
-    """Build the emulator for ``apps`` (appid -> secret); ``clock`` is injectable for tests."""
+    """Build the emulator for ``apps`` (appid -> secret); ``clock`` is injectable for tests.
+
+    ``access_token_ttl`` and ``access_token_overlap`` are WeChat's 7200 s and 5 minutes;
+    tests shrink them to see refreshes happen.
+    """
     app = web.Application(middlewares=[_dev_errors])
-    app[STATE] = EmulatorState(apps, code_ttl=code_ttl, clock=clock)
+    app[STATE] = EmulatorState(
+        apps,
+        code_ttl=code_ttl,
+        clock=clock,
+        access_token_ttl=access_token_ttl,
+        access_token_overlap=access_token_overlap,
+    )
     # No HEAD: it would count as a request and could burn a code.
     app.router.add_get("/sns/jscode2session", jscode2session, allow_head=False)
+    app.router.add_post("/cgi-bin/stable_token", stable_token)
+    app.router.add_post("/wxa/business/getuserphonenumber", getuserphonenumber)
+    app.router.add_get("/wxa/checksession", checksession, allow_head=False)
+    app.router.add_get("/wxa/resetusersessionkey", resetusersessionkey, allow_head=False)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/_dev/users", dev_users)
     app.router.add_post("/_dev/login", dev_login)
     app.router.add_post("/_dev/user-data", dev_user_data)
+    app.router.add_post("/_dev/phone-code", dev_phone_code)
+    app.router.add_get("/_dev/access-tokens", dev_access_tokens)
+    app.router.add_post("/_dev/access-tokens/invalidate", dev_invalidate_access_token)
+    app.router.add_post("/_dev/clock", dev_clock)
     app.router.add_get("/_dev/faults", dev_list_faults)
     app.router.add_post("/_dev/faults", dev_add_fault)
     app.router.add_delete("/_dev/faults", dev_clear_faults)
@@ -77,13 +102,13 @@ def _exchange(state: EmulatorState, request: web.Request) -> web.Response:
     return _wechat_response(body)
 
 
-def _faulted(state: EmulatorState, request: web.Request, fault: Fault) -> web.Response | None:
-    """The answer ``fault`` calls for; None means drop the connection."""
+def _faulted(fault: Fault, real: Callable[[], web.Response]) -> web.Response | None:
+    """The answer ``fault`` calls for instead of ``real()``; None means drop the connection."""
     if not fault.spoils_answer:
-        return _exchange(state, request)
+        return real()
     if fault.use_code:
-        # WeChat did the exchange, so the code is spent, and then the answer went wrong.
-        _exchange(state, request)
+        # WeChat did the work (a code is spent), and then the answer went wrong.
+        real()
     if fault.drop:
         return None
     if fault.http_status is not None:
@@ -106,15 +131,16 @@ def _faulted(state: EmulatorState, request: web.Request, fault: Fault) -> web.Re
     return _wechat_response({"errcode": fault.errcode, "errmsg": "forced"})
 
 
-async def jscode2session(request: web.Request) -> web.StreamResponse:
-    """``GET /sns/jscode2session``: exchange a login code, subject to queued faults and chaos."""
-    state = request.app[STATE]
-    fault = state.begin_jscode2session()
+async def _answer(
+    request: web.Request, endpoint: str, real: Callable[[], web.Response]
+) -> web.StreamResponse:
+    """Count a request to ``endpoint`` and answer it with ``real()``, or as a queued fault says."""
+    fault = request.app[STATE].begin(endpoint)
     if fault is None:
-        return _exchange(state, request)
+        return real()
     # Decide first, then wait: like WeChat, a slow answer may already have burnt the code, which
     # is exactly what a client that timed out and retries runs into.
-    response = _faulted(state, request, fault)
+    response = _faulted(fault, real)
     if fault.latency_ms:
         await asyncio.sleep(fault.latency_ms / 1000)
     if response is None:
@@ -125,6 +151,120 @@ async def jscode2session(request: web.Request) -> web.StreamResponse:
         # that went away: no traceback, nothing sent, the connection is simply gone.
         return web.Response(status=HTTPStatus.NO_CONTENT)
     return response
+
+
+async def jscode2session(request: web.Request) -> web.StreamResponse:
+    """``GET /sns/jscode2session``: exchange a login code, subject to queued faults and chaos."""
+    state = request.app[STATE]
+    return await _answer(request, "jscode2session", lambda: _exchange(state, request))
+
+
+def _errcode(error: WeChatError) -> web.Response:
+    return _wechat_response({"errcode": error.errcode, "errmsg": error.errmsg})
+
+
+def _ok(**fields: Any) -> web.Response:
+    return _wechat_response({"errcode": 0, "errmsg": "ok", **fields})
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one (WeChat's 47001)."""
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def stable_token(request: web.Request) -> web.StreamResponse:
+    """``POST /cgi-bin/stable_token``: the app's access_token, normal or forced (module docs)."""
+    state = request.app[STATE]
+    body = await _json_object(request)
+
+    def real() -> web.Response:
+        if body is None:
+            return _errcode(WeChatError(47001))
+        force = body.get("force_refresh", False)
+        try:
+            token, expires_in = state.stable_token(
+                appid=str(body.get("appid") or ""),
+                secret=str(body.get("secret") or ""),
+                grant_type=str(body.get("grant_type") or ""),
+                force_refresh=force is True,
+            )
+        except WeChatError as error:
+            return _errcode(error)
+        # No errcode on success, as WeChat answers this one.
+        return _wechat_response({"access_token": token, "expires_in": expires_in})
+
+    return await _answer(request, "stable_token", real)
+
+
+async def getuserphonenumber(request: web.Request) -> web.StreamResponse:
+    """``POST /wxa/business/getuserphonenumber?access_token=``: a phone code for the number."""
+    state = request.app[STATE]
+    body = await _json_object(request)
+
+    def real() -> web.Response:
+        if body is None:
+            return _errcode(WeChatError(47001))
+        code = body.get("code")
+        try:
+            info = state.phone_number(
+                request.query.get("access_token", ""), code if isinstance(code, str) else ""
+            )
+        except WeChatError as error:
+            return _errcode(error)
+        return _ok(
+            phone_info={
+                "phoneNumber": info.phone_number,
+                "purePhoneNumber": info.pure_phone_number,
+                # A string, though WeChat's documentation calls it a number.
+                "countryCode": info.country_code,
+                "watermark": {"timestamp": info.timestamp, "appid": info.appid},
+            }
+        )
+
+    return await _answer(request, "getuserphonenumber", real)
+
+
+def _signed(request: web.Request) -> tuple[str, str, str, str]:
+    query = request.query
+    return (
+        query.get("access_token", ""),
+        query.get("openid", ""),
+        query.get("signature", ""),
+        query.get("sig_method", ""),
+    )
+
+
+async def checksession(request: web.Request) -> web.StreamResponse:
+    """``GET /wxa/checksession``: ok if the signing session_key is the current one, else 87009."""
+    state = request.app[STATE]
+
+    def real() -> web.Response:
+        try:
+            state.check_session(*_signed(request))
+        except WeChatError as error:
+            return _errcode(error)
+        return _ok()
+
+    return await _answer(request, "checksession", real)
+
+
+async def resetusersessionkey(request: web.Request) -> web.StreamResponse:
+    """``GET /wxa/resetusersessionkey``: a new session_key, signed for with the current one."""
+    state = request.app[STATE]
+
+    def real() -> web.Response:
+        access_token, openid, signature, sig_method = _signed(request)
+        try:
+            session_key = state.reset_session_key(access_token, openid, signature, sig_method)
+        except WeChatError as error:
+            return _errcode(error)
+        return _ok(openid=openid, session_key=session_key)
+
+    return await _answer(request, "resetusersessionkey", real)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -150,6 +290,8 @@ async def _dev_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return web.json_response({"error": f"unknown appid {exc}"}, status=404)
     except NeverLoggedInError:
         return web.json_response({"error": "user has never logged in"}, status=409)
+    except NoPhoneError:
+        return web.json_response({"error": "user has no phone number set up"}, status=409)
 
 
 async def _body(request: web.Request, allowed: Collection[str]) -> dict[str, Any]:
@@ -207,9 +349,16 @@ def _bool(body: Mapping[str, Any], key: str) -> bool:
     return value
 
 
+def _digits(body: Mapping[str, Any], key: str) -> str | None:
+    value = _str(body, key)
+    if value is not None and not (value.isascii() and value.isdigit() and len(value) <= 20):
+        raise _BadInput(f"{key} must be a string of at most 20 digits")
+    return value
+
+
 async def dev_users(request: web.Request) -> web.Response:
-    """``POST /_dev/users``: set up or overwrite a test user."""
-    body = await _body(request, {"appid", "user", "unionid", "blocked"})
+    """``POST /_dev/users``: set up or overwrite a test user (``phone``: for phone codes)."""
+    body = await _body(request, {"appid", "user", "unionid", "blocked", "phone", "country_code"})
     unionid = body.get("unionid")
     if not (unionid is None or isinstance(unionid, bool) or (isinstance(unionid, str) and unionid)):
         raise _BadInput("unionid must be a non-empty string, true or false")
@@ -218,6 +367,8 @@ async def dev_users(request: web.Request) -> web.Response:
         _required_str(body, "user"),
         unionid=unionid,
         blocked=_bool(body, "blocked"),
+        phone=_digits(body, "phone"),
+        country_code=_digits(body, "country_code") or "86",
     )
     answer = {"openid": user.openid}
     if user.unionid is not None:
@@ -225,16 +376,65 @@ async def dev_users(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-async def dev_login(request: web.Request) -> web.Response:
-    """``POST /_dev/login``: play ``wx.login()`` for a user and return the fresh code."""
-    body = await _body(request, {"appid", "user", "ttl"})
+def _ttl(body: Mapping[str, Any]) -> float | None:
     ttl = body.get("ttl")
     # json.loads accepts NaN and Infinity, which would make a code that never expires.
     valid = isinstance(ttl, int | float) and not isinstance(ttl, bool) and math.isfinite(ttl)
     if ttl is not None and not (valid and ttl >= 0):
         raise _BadInput("ttl must be a number of seconds >= 0")
+    return None if ttl is None else float(ttl)
+
+
+async def dev_phone_code(request: web.Request) -> web.Response:
+    """``POST /_dev/phone-code``: play the getPhoneNumber button; a single-use phone code."""
+    body = await _body(request, {"appid", "user", "ttl"})
+    code = request.app[STATE].mint_phone_code(
+        _required_str(body, "appid"), _required_str(body, "user"), ttl=_ttl(body)
+    )
+    return web.json_response({"code": code})
+
+
+async def dev_access_tokens(request: web.Request) -> web.Response:
+    """``GET /_dev/access-tokens``: lifetimes, and per app forced refreshes today."""
+    state = request.app[STATE]
+    return web.json_response(state.access_tokens.report(state.apps))
+
+
+async def dev_invalidate_access_token(request: web.Request) -> web.Response:
+    """``POST /_dev/access-tokens/invalidate {"appid"}``: the current token fails with 40001.
+
+    Normal-mode stable_token keeps answering it, so only a forced refresh helps.
+    """
+    body = await _body(request, {"appid"})
+    state = request.app[STATE]
+    appid = _required_str(body, "appid")
+    if appid not in state.apps:
+        raise UnknownAppError(appid)
+    token = state.access_tokens.invalidate(appid)
+    return web.json_response({"invalidated": token is not None})
+
+
+async def dev_clock(request: web.Request) -> web.Response:
+    """``POST /_dev/clock {"advance": seconds}``: move the emulator's time forward."""
+    body = await _body(request, {"advance"})
+    advance = body.get("advance")
+    if (
+        not isinstance(advance, int | float)
+        or isinstance(advance, bool)
+        or not math.isfinite(advance)
+        or advance < 0
+    ):
+        raise _BadInput("advance must be a number of seconds >= 0")
+    state = request.app[STATE]
+    state.clock_offset += float(advance)
+    return web.json_response({"offset": state.clock_offset})
+
+
+async def dev_login(request: web.Request) -> web.Response:
+    """``POST /_dev/login``: play ``wx.login()`` for a user and return the fresh code."""
+    body = await _body(request, {"appid", "user", "ttl"})
     code, user = request.app[STATE].login(
-        _required_str(body, "appid"), _required_str(body, "user"), ttl=ttl
+        _required_str(body, "appid"), _required_str(body, "user"), ttl=_ttl(body)
     )
     # session_key is dev-only knowledge: tests use it to prove the service never
     # stores or logs it in plaintext. Real WeChat never hands it to the client.
@@ -274,10 +474,13 @@ async def dev_list_faults(request: web.Request) -> web.Response:
 
 
 async def dev_add_fault(request: web.Request) -> web.Response:
-    """``POST /_dev/faults``: queue a fault for the next jscode2session requests."""
+    """``POST /_dev/faults``: queue a fault for the next requests to one endpoint."""
     body = await _body(
-        request, {"latency_ms", "errcode", "http_status", "drop", "times", "use_code"}
+        request, {"latency_ms", "errcode", "http_status", "drop", "times", "use_code", "endpoint"}
     )
+    endpoint = _str(body, "endpoint") or "jscode2session"
+    if endpoint not in ENDPOINTS:
+        raise _BadInput(f"endpoint must be one of: {', '.join(ENDPOINTS)}")
     fault = Fault(
         latency_ms=_int(body, "latency_ms", low=0) or 0,
         errcode=_int(body, "errcode"),
@@ -286,6 +489,7 @@ async def dev_add_fault(request: web.Request) -> web.Response:
         drop=_bool(body, "drop"),
         times=_int(body, "times", low=1),
         use_code=_bool(body, "use_code"),
+        endpoint=endpoint,
     )
     state = request.app[STATE]
     state.add_fault(fault)
@@ -352,14 +556,12 @@ async def dev_clear_chaos(request: web.Request) -> web.Response:
 
 
 async def dev_stats(request: web.Request) -> web.Response:
-    """``GET /_dev/stats``: how many jscode2session requests arrived, faulted ones included."""
-    return web.json_response(
-        {"jscode2session_requests": request.app[STATE].jscode2session_requests}
-    )
+    """``GET /_dev/stats``: requests per WeChat endpoint, faulted ones included."""
+    return web.json_response(request.app[STATE].stats())
 
 
 async def dev_reset_stats(request: web.Request) -> web.Response:
     """``POST /_dev/stats/reset``: zero the counters."""
     state = request.app[STATE]
     state.reset_stats()
-    return web.json_response({"jscode2session_requests": state.jscode2session_requests})
+    return web.json_response(state.stats())

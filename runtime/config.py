@@ -94,3 +94,21 @@ def parse_seconds(
     if maximum is not None and seconds > maximum:
         raise ConfigError(variable, f"must be <= {maximum}, got {seconds}")
     return seconds
+
+
+def parse_optional_listen(variable: str, value: str | None) -> ListenAddress | None:
+    """HOST:PORT like `parse_listen`, for something that is off unless configured (unset: None)."""
+    if value is None or not value.strip():
+        return None
+    return parse_listen(variable, value, "")
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def parse_log_format(variable: str, value: str | None) -> str:
+    """`text` (one human line per record, the default) or `json` (one JSON object per line)."""
+    text = (value or "text").strip().lower()
+    if text not in LOG_FORMATS:
+        raise ConfigError(variable, f"expected text or json, got {value!r}")
+    return text

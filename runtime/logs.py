@@ -7,16 +7,28 @@ written together:
 WARNING and above at once, everything else within `flush_interval` (a small
 daemon thread flushes), and all of it when logging shuts down at exit. A process
 killed with SIGKILL loses at most the last fraction of a second of INFO lines.
+
+Two formats (WXLOGIN_LOG_FORMAT): `text`, a line a person reads, ending with
+the call's `request_id=` when there is one; `json`, one object per line with
+time, level, logger, message and, where known, request_id, caller and user_id
+(runtime/log_context.py), for log pipelines. Both say exactly what the same
+message says: nothing more can leak through one than through the other.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from runtime.log_context import ContextFilter
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Record attributes the JSON form carries when a record has them (from the call's context).
+CONTEXT_FIELDS = ("request_id", "caller", "user_id")
 # Whole lines, written in chunks of about this many characters: a write of up to
 # 4096 bytes to a pipe is atomic, so processes sharing one stderr don't cut each
 # other's lines (best effort: a line over the size is written alone).
@@ -77,9 +89,65 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
                 continue  # e.g. a full non-blocking pipe: try again at the next tick
 
 
-def configure(level: str | int, stream: TextIO | None = None) -> BufferedStreamHandler:
+class TextFormatter(logging.Formatter):
+    """LOG_FORMAT, and the call's request id at the end of the line when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        request_id = getattr(record, "request_id", None)
+        # Lines that already name it (the edge's access line) don't say it twice.
+        if request_id is not None and "request_id=" not in record.message:
+            line += f" request_id={request_id}"
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (newlines inside are escaped by JSON)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        caller = getattr(record, "caller", None)
+        suffix = f" caller={caller}"
+        if caller is not None and message.endswith(suffix):
+            # service/callers.py adds the caller to the text for the text form; here
+            # it has a field of its own.
+            message = message[: -len(suffix)]
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+def formatter(log_format: str = "text") -> logging.Formatter:
+    """The formatter for WXLOGIN_LOG_FORMAT's value (`text` or `json`)."""
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+def configure(
+    level: str | int, stream: TextIO | None = None, *, log_format: str = "text"
+) -> BufferedStreamHandler:
     """Send every log record at `level` and above to stderr (or `stream`), buffered."""
     handler = BufferedStreamHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(formatter(log_format))
+    # On the handler: it runs in the task that logs, so it sees that call's context.
+    handler.addFilter(ContextFilter())
     logging.basicConfig(level=level, handlers=[handler])
     return handler

@@ -11,28 +11,41 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 from pymongo.errors import ConfigurationError
 
+from runtime.metrics_server import serving_metrics
+from service.access_tokens import AccessTokens
 from service.cache import SessionCache, UnknownTokens
-from service.callers import CallerInterceptor, Callers, install_log_context, load_callers
+from service.callers import CallerGuard, Callers, install_log_context, load_callers
 from service.crypto import SessionKeyCipher
 from service.embedded_mongo import EmbeddedMongo
 from service.errors import StoreUnavailable
 from service.limits import InFlightLimits, LoginRates
+from service.metrics import Metrics
+from service.phone_numbers import PhoneNumbers
 from service.rpc_handlers import add_auth_service
-from service.servicer import AuthServicer
+from service.servicer import AuthServicer, WeChatBound
+from service.session_keys import UserSessionKeys
 from service.sessions import Sessions
 from service.settings import ConfigError, Settings
 from service.store import Store, connect
 from service.tls import ReloadingServerCredentials, TlsFiles
 from service.user_data import UserDataDecryptor
 from service.wechat import WeChatClient, new_http_session
+from service.wxa_session_keys import WxaSessionKeys
 from wxlogin.v1 import auth_pb2
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 RPC_NAMES = frozenset(auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods_by_name)
+# grpc.health.v1 names that follow MongoDB: the whole server (""), AuthService, and
+# MongoDB itself. WeChat has none on purpose: a WeChat outage fails logins, but
+# CheckSession still works, so it must not take us out of a load balancer
+# (wxlogin_wechat_requests_total says how WeChat is doing).
+MONGODB_HEALTH_NAME = "wxlogin.dependency.mongodb"
+STORE_DEPENDENTS = ("", SERVICE_NAME, MONGODB_HEALTH_NAME)
 # Requests are small (encryptedData of a phone number is a few hundred bytes).
 _MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 
@@ -48,6 +61,8 @@ class RunningService:
     sessions: Sessions
     # Re-read what operators rotate (the callers file); what SIGHUP runs.
     reload: Callable[[], None] = field(default=lambda: None)
+    # Where /metrics is served (WXLOGIN_METRICS_LISTEN); None: metrics are off.
+    metrics_port: int | None = None
 
 
 @asynccontextmanager
@@ -56,8 +71,12 @@ async def running_service(
     *,
     shutdown_grace: float = 10.0,
     health_interval: float = 2.0,
+    registry: CollectorRegistry | None = None,
 ) -> AsyncIterator[RunningService]:
-    """Start everything the service needs; on exit drain RPCs, then close clients."""
+    """Start everything the service needs; on exit drain RPCs, then close clients.
+
+    With `settings.metrics_listen`, the series go to `registry` (a new one if None).
+    """
     problem = settings.exposure_problem()
     if problem is not None:
         if not settings.allow_insecure:
@@ -68,6 +87,11 @@ async def running_service(
         log.warning("!!! INSECURE: %s (WXLOGIN_ALLOW_INSECURE=true) !!!", problem)
     callers = _load_callers(settings)
     tls = _tls(settings)
+    metrics = (
+        None
+        if settings.metrics_listen is None
+        else Metrics(registry or CollectorRegistry(), methods=RPC_NAMES)
+    )
     async with AsyncExitStack() as stack:
         uri = settings.mongodb_uri
         if uri is None:
@@ -90,6 +114,7 @@ async def running_service(
             SessionKeyCipher(settings.secret_key, settings.old_secret_keys),
             batch_interval=settings.login_batch_interval,
             max_waiting_logins=settings.max_waiting_logins,
+            metrics=metrics,
         )
         stack.push_async_callback(store.close)
         try:
@@ -106,21 +131,47 @@ async def running_service(
             attempts=settings.wechat_attempts,
             connect_timeout=settings.wechat_connect_timeout,
             total_timeout=settings.wechat_total_timeout,
+            metrics=metrics,
         )
+        cache = SessionCache(settings.session_cache_seconds)
+        unknown = UnknownTokens(settings.unknown_token_cache_seconds)
+        session_keys = UserSessionKeys(store)
+        access_tokens = AccessTokens(
+            store,
+            wechat.stable_token,
+            settings.apps,
+            refresh_before=settings.access_token_refresh_before,
+            # Without a callers file nobody is granted GetAccessToken by name: fine on
+            # loopback, where only this host can call; refused when exposed beyond it.
+            granted_only=callers is None and problem is not None,
+        )
+        access_tokens.start()
+        stack.push_async_callback(access_tokens.aclose)
         sessions = Sessions(
             store,
             wechat,
             settings.apps,
             session_ttl=settings.session_ttl,
-            cache=SessionCache(settings.session_cache_seconds),
-            unknown=UnknownTokens(settings.unknown_token_cache_seconds),
+            cache=cache,
+            unknown=unknown,
             login_rates=LoginRates(settings.login_rate_per_app),
+            session_keys=session_keys,
         )
-        user_data = UserDataDecryptor(sessions, store, watermark_max_age=settings.watermark_max_age)
+        wxa_session_keys = WxaSessionKeys(sessions, session_keys, access_tokens, wechat)
+        user_data = UserDataDecryptor(
+            sessions,
+            store,
+            watermark_max_age=settings.watermark_max_age,
+            session_keys=session_keys,
+            wechat=wechat,
+            key_is_current=wxa_session_keys.is_current,
+        )
+        token_rpcs = WeChatBound(
+            access_tokens, PhoneNumbers(sessions, access_tokens, wechat), wxa_session_keys
+        )
 
-        interceptor = None if callers is None else CallerInterceptor(callers, SERVICE_NAME)
+        guard = None if callers is None else CallerGuard(callers)
         server = grpc.aio.server(
-            interceptors=None if interceptor is None else [interceptor],
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 # Several service processes may share one port (scale-out on one host).
@@ -133,7 +184,21 @@ async def running_service(
                 "session": settings.max_in_flight_session_calls,
             }
         )
-        add_auth_service(AuthServicer(sessions, user_data, limits), server)
+        servicer = AuthServicer(sessions, user_data, limits, metrics, wechat_bound=token_rpcs)
+        # With callers, every AuthService RPC is behind the guard; health stays open.
+        add_auth_service(servicer if guard is None else guard.wrap(servicer, RPC_NAMES), server)
+        metrics_port = None
+        if metrics is not None and settings.metrics_listen is not None:
+            metrics.track(
+                limits=limits,
+                session_cache=cache,
+                unknown_tokens=unknown,
+                logins_waiting=lambda: store.logins_waiting,
+            )
+            metrics.mongodb_up.set(1)  # ensure_indexes just succeeded
+            metrics_port = stack.enter_context(
+                serving_metrics("WXLOGIN_METRICS_LISTEN", settings.metrics_listen, metrics.registry)
+            )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if settings.reflection:
@@ -151,11 +216,13 @@ async def running_service(
             raise ConfigError("WXLOGIN_GRPC_LISTEN", f"cannot listen on {settings.grpc_listen}")
         # MongoDB answered ensure_indexes a moment ago: say so before the first
         # call can arrive, or a readiness probe right after start sees NOT_FOUND.
-        for name in ("", SERVICE_NAME):
+        for name in STORE_DEPENDENTS:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
 
-        watcher = asyncio.create_task(_watch_store(store, health_servicer, health_interval))
+        watcher = asyncio.create_task(
+            _watch_store(store, health_servicer, health_interval, metrics)
+        )
 
         async def drain() -> None:
             # Tell load balancers first, then let in-flight RPCs finish within
@@ -177,14 +244,14 @@ async def running_service(
         def reload() -> None:
             if tls is not None:
                 tls.reload()
-            if interceptor is not None:
+            if guard is not None:
                 try:
                     fresh = _load_callers(settings)
                 except ConfigError as error:
                     log.error("callers not reloaded, the previous ones stay: %s", error)
                     return
                 if fresh is not None:
-                    interceptor.callers = fresh
+                    guard.callers = fresh
                     log.info("callers reloaded: %s", ", ".join(c.name for c in fresh.callers))
 
         log.info(
@@ -194,7 +261,9 @@ async def running_service(
             ", ".join(sorted(settings.apps)),
             "anyone" if callers is None else ", ".join(c.name for c in callers.callers),
         )
-        yield RunningService(server, port, uri, health_servicer, sessions, reload)
+        yield RunningService(
+            server, port, uri, health_servicer, sessions, reload, metrics_port=metrics_port
+        )
 
 
 def _tls(settings: Settings) -> ReloadingServerCredentials | None:
@@ -217,7 +286,10 @@ def _load_callers(settings: Settings) -> Callers | None:
 
 
 async def _watch_store(
-    store: Store, health_servicer: health.aio.HealthServicer, interval: float
+    store: Store,
+    health_servicer: health.aio.HealthServicer,
+    interval: float,
+    metrics: Metrics | None = None,
 ) -> None:
     """Report SERVING only while MongoDB answers (running_service set SERVING at start)."""
     serving: bool | None = True
@@ -239,8 +311,10 @@ async def _watch_store(
                     if ok
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                for name in ("", SERVICE_NAME):
+                for name in STORE_DEPENDENTS:
                     await health_servicer.set(name, status)
+                if metrics is not None:
+                    metrics.mongodb_up.set(1 if ok else 0)
                 if serving is not None:
                     log.warning("MongoDB %s", "answers again" if ok else "does not answer")
                 serving = ok

@@ -21,6 +21,7 @@ saturated and nothing waits.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,6 +51,7 @@ class GroupCommit(Generic[Item, Result]):
     `min_interval`: while the event loop is saturated (it takes longer than
     `busy_lag` to come back to the writer), writes start at most once per this
     many seconds. An item that finds the writer idle is written at once.
+    `on_batch`: called with each batch's size just before it is written.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class GroupCommit(Generic[Item, Result]):
         max_waiting: int | None = None,
         min_interval: float = 0.0,
         busy_lag: float = 0.001,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -70,6 +73,8 @@ class GroupCommit(Generic[Item, Result]):
         self._max_batch = max_batch
         self._min_interval = min_interval
         self._busy_lag = busy_lag
+        # Told each batch's size before it is written (the batch-size histogram).
+        self._on_batch = on_batch
         self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
@@ -89,8 +94,15 @@ class GroupCommit(Generic[Item, Result]):
         if self._writer is None:
             # Started on the next loop iteration, so that submissions made in
             # this one already share the first batch.
-            self._writer = asyncio.create_task(self._drain())
+            # A context of its own: the writer serves many calls, and must not
+            # carry (and log as) the request id of the call that happened to start it.
+            self._writer = asyncio.create_task(self._drain(), context=contextvars.Context())
         return await future
+
+    @property
+    def waiting(self) -> int:
+        """Items submitted and not yet taken into a write."""
+        return len(self._queue)
 
     async def aclose(self) -> None:
         """Refuse new items; wait (bounded, like every shutdown step) for what was submitted."""
@@ -106,6 +118,8 @@ class GroupCommit(Generic[Item, Result]):
             loop = asyncio.get_running_loop()
             while batch := self._take_batch():
                 started = loop.time()
+                if self._on_batch is not None:
+                    self._on_batch(len(batch))
                 await self._commit(batch)
                 if self._queue and self._min_interval > 0:
                     await self._pace(started)

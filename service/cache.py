@@ -30,6 +30,9 @@ class SessionCache:
         self._max_entries = max_entries
         self._monotonic = monotonic
         self._entries: OrderedDict[str, tuple[float, SessionRecord]] = OrderedDict()
+        # Plain ints, read by the metrics collector at scrape time (service/metrics.py).
+        self.hits = 0
+        self.misses = 0
 
     def get(self, session_id: str, now: datetime) -> SessionRecord | None:
         """A cached session that is still fresh and not expired, else None."""
@@ -37,21 +40,35 @@ class SessionCache:
             return None
         entry = self._entries.get(session_id)
         if entry is None:
+            self.misses += 1
             return None
         stored_at, record = entry
         if self._monotonic() - stored_at > self._max_age or now >= record.expires_at:
             del self._entries[session_id]
+            self.misses += 1
             return None
         self._entries.move_to_end(session_id)
+        self.hits += 1
         return record
 
     def put(self, record: SessionRecord) -> None:
         """Remember a session just read from (or written to) MongoDB."""
         if self._max_age <= 0:
             return
-        self._entries[record.session_id] = (self._monotonic(), record)
+        now = self._monotonic()
+        self._entries[record.session_id] = (now, record)
         self._entries.move_to_end(record.session_id)
         while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        # Stale entries can never be served again; without this they stayed until
+        # the size bound pushed them out, and a soak grew the service's memory by
+        # ~10 % before the cache filled (README "Reliability"). The least recently
+        # used end is the oldest: drop at most two per put, so it costs O(1) and
+        # still outpaces the puts that add entries.
+        for _ in range(2):
+            oldest = next(iter(self._entries.values()))
+            if now - oldest[0] <= self._max_age:
+                break
             self._entries.popitem(last=False)
 
     def drop(self, session_id: str) -> None:

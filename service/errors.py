@@ -19,6 +19,8 @@
     ├── Overloaded                  OVERLOADED           RESOURCE_EXHAUSTED
     ├── CallerUnauthenticated       CALLER_UNAUTHENTICATED  UNAUTHENTICATED
     ├── CallerForbidden             CALLER_FORBIDDEN     PERMISSION_DENIED
+    ├── CodeUserMismatch            CODE_USER_MISMATCH   PERMISSION_DENIED
+    ├── SessionKeyStale             SESSION_KEY_STALE    FAILED_PRECONDITION
     └── InternalError               INTERNAL             INTERNAL
 
 CALLER_* are about the backend calling us (WXLOGIN_CALLERS_FILE), never the user.
@@ -104,8 +106,8 @@ class SessionExpired(WxLoginError):
 class DecryptFailed(WxLoginError):
     reason = "DECRYPT_FAILED"
     default_message = (
-        "could not decrypt encrypted_data with this session's key "
-        "(if wx.login() ran again since this login, log in again)"
+        "could not decrypt encrypted_data with the user's session_key "
+        "(if wx.login() ran again since, send its code with the data)"
     )
 
 
@@ -147,6 +149,19 @@ class CallerForbidden(WxLoginError):
     default_message = "this caller may not make this call (see wxlogin's callers file)"
 
 
+class CodeUserMismatch(WxLoginError):
+    reason = "CODE_USER_MISMATCH"
+    default_message = "the code belongs to another user than the session's"
+
+
+class SessionKeyStale(WxLoginError):
+    reason = "SESSION_KEY_STALE"
+    default_message = (
+        "WeChat has a newer session_key for this user: call wx.login() and send the code "
+        "with the data"
+    )
+
+
 class InternalError(WxLoginError):
     reason = "INTERNAL"
     default_message = "internal error"
@@ -172,6 +187,8 @@ REASON_CODES: Mapping[str, grpc.StatusCode] = {
     "OVERLOADED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "CALLER_UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
     "CALLER_FORBIDDEN": grpc.StatusCode.PERMISSION_DENIED,
+    "CODE_USER_MISMATCH": grpc.StatusCode.PERMISSION_DENIED,
+    "SESSION_KEY_STALE": grpc.StatusCode.FAILED_PRECONDITION,
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
 

@@ -21,8 +21,14 @@ from runtime.token_bucket import TokenBuckets
 from service.callers import Caller
 from service.errors import Overloaded, RateLimited
 
-# RPC method -> kind of work; methods not listed count as "session".
-RPC_KINDS: Mapping[str, str] = {"Login": "login"}
+# RPC method -> kind of work; methods not listed count as "session". "login" is
+# the WeChat-bound kind: every call waits on a WeChat round trip.
+RPC_KINDS: Mapping[str, str] = {
+    "Login": "login",
+    "GetPhoneNumber": "login",
+    "CheckSessionKey": "login",
+    "ResetSessionKey": "login",
+}
 DEFAULT_LIMITS: Mapping[str, int] = {"login": 512, "session": 4096}
 
 

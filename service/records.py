@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -60,3 +60,24 @@ class SavedLogin(NamedTuple):
 
     session: SessionRecord
     new_user: bool
+
+
+@dataclass(frozen=True)
+class AccessTokenRecord:
+    """An app's shared access_token as stored (service/access_tokens.py), the token unsealed.
+
+    `version` grows with every write of a token: the compare-and-set that makes
+    one process, and one only, replace a given token. Times are epoch seconds.
+    """
+
+    app_id: str
+    token: str = field(repr=False)
+    token_sha256: str = field(repr=False)
+    expires_at: float
+    refresh_at: float
+    version: int
+    lease_owner: str | None = None
+    lease_until: float = 0.0
+    last_force_at: float | None = None
+    force_day: int = -1
+    forces_that_day: int = 0

@@ -5,20 +5,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from runtime import log_context
 from runtime.ratelimited_log import RateLimitedLog
+from service.access_tokens import AccessTokens
+from service.callers import current_caller
 from service.errors import BadRequest, InternalError, WxLoginError, to_grpc_status
 from service.limits import InFlightLimits
+from service.metrics import Metrics
+from service.phone_numbers import PhoneNumbers
 from service.records import UserRecord
+from service.request_ids import RequestIds
 from service.rpc_handlers import Undecodable
 from service.sessions import Sessions
 from service.user_data import UserDataDecryptor
+from service.wxa_session_keys import WxaSessionKeys
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -30,9 +39,18 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[["AuthServicer", Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
 
+# (gRPC code, reason) for the metrics; a call that ends otherwise was cancelled
+# (the caller went away, or its deadline passed).
+_OK = ("OK", "")
+_CANCELLED = ("CANCELLED", "")
+
 
 def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turn every failure into a status with ErrorInfo; nothing internal leaks."""
+    """Turn every failure into a status with ErrorInfo; nothing internal leaks.
+
+    Also what every call shares: its request id on each of its log lines
+    (runtime/log_context.py), and its count and latency in the metrics.
+    """
     name = handler.__name__
 
     @functools.wraps(handler)
@@ -41,6 +59,34 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         request: Req | Undecodable,
         context: grpc.aio.ServicerContext[Req, Resp],
     ) -> Resp:
+        started = time.perf_counter()
+        call = log_context.begin(self._request_ids.of_call(context.invocation_metadata()))
+        outcome = _CANCELLED
+        try:
+            answer = await _answer(self, request, context)
+            if not isinstance(answer, WxLoginError):
+                outcome = _OK
+                return answer
+            status = to_grpc_status(answer)
+            outcome = (status.code.name, answer.reason)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        finally:
+            if self._metrics is not None:
+                caller = current_caller()
+                self._metrics.rpc(
+                    name,
+                    *outcome,
+                    "" if caller is None else caller.name,
+                    time.perf_counter() - started,
+                )
+            log_context.end(call)
+
+    async def _answer(
+        self: AuthServicer,
+        request: Req | Undecodable,
+        context: grpc.aio.ServicerContext[Req, Resp],
+    ) -> Resp | WxLoginError:
+        """The response, or the error to answer with."""
         if isinstance(request, Undecodable):
             # Already logged, rate-limited, where the bytes failed to parse
             # (service/rpc_handlers.py): a line here would be one per request.
@@ -66,10 +112,18 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
                 cause = f"{name} crashed: {type(crash).__name__}"
                 _quiet.log(logging.ERROR, cause, "%s crashed", name, exc_info=True)
                 error = InternalError()
-        status = to_grpc_status(error)
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        return error
 
     return wrapper
+
+
+@dataclass(frozen=True)
+class WeChatBound:
+    """The domain objects of the RPCs that call WeChat with the app's access_token."""
+
+    access_tokens: AccessTokens
+    phone_numbers: PhoneNumbers
+    session_keys: WxaSessionKeys
 
 
 def _user(user: UserRecord) -> auth_pb2.User:
@@ -99,10 +153,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         sessions: Sessions,
         user_data: UserDataDecryptor,
         limits: InFlightLimits | None = None,
+        metrics: Metrics | None = None,
+        wechat_bound: WeChatBound | None = None,
     ) -> None:
         self._sessions = sessions
         self._user_data = user_data
+        self._token_rpcs = wechat_bound
         self._limits = limits or InFlightLimits()
+        self._metrics = metrics
+        self._request_ids = RequestIds()
 
     @_rpc
     async def Login(
@@ -147,6 +206,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             request.iv,
             request.raw_data,
             request.signature,
+            code=request.code,
             deadline=_deadline(context),
         )
         data = struct_pb2.Struct()
@@ -166,3 +226,67 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.RevokeSessionResponse:
         await self._sessions.revoke(request.token, deadline=_deadline(context))
         return auth_pb2.RevokeSessionResponse()
+
+    @_rpc
+    async def GetPhoneNumber(
+        self,
+        request: auth_pb2.GetPhoneNumberRequest,
+        context: grpc.aio.ServicerContext[
+            auth_pb2.GetPhoneNumberRequest, auth_pb2.GetPhoneNumberResponse
+        ],
+    ) -> auth_pb2.GetPhoneNumberResponse:
+        number = await self._wechat_bound().phone_numbers.get(
+            request.token, request.phone_code, deadline=_deadline(context)
+        )
+        response = auth_pb2.GetPhoneNumberResponse(
+            phone_number=number.phone_number,
+            pure_phone_number=number.pure_phone_number,
+            country_code=number.country_code,
+        )
+        if number.watermark_time is not None:
+            response.watermark_time.CopyFrom(_timestamp(number.watermark_time))
+        return response
+
+    @_rpc
+    async def GetAccessToken(
+        self,
+        request: auth_pb2.GetAccessTokenRequest,
+        context: grpc.aio.ServicerContext[
+            auth_pb2.GetAccessTokenRequest, auth_pb2.GetAccessTokenResponse
+        ],
+    ) -> auth_pb2.GetAccessTokenResponse:
+        token = await self._wechat_bound().access_tokens.get(
+            request.app_id, request.rejected_token, deadline=_deadline(context)
+        )
+        return auth_pb2.GetAccessTokenResponse(
+            access_token=token.token, expires_at=_timestamp(token.expires_at)
+        )
+
+    @_rpc
+    async def CheckSessionKey(
+        self,
+        request: auth_pb2.CheckSessionKeyRequest,
+        context: grpc.aio.ServicerContext[
+            auth_pb2.CheckSessionKeyRequest, auth_pb2.CheckSessionKeyResponse
+        ],
+    ) -> auth_pb2.CheckSessionKeyResponse:
+        valid = await self._wechat_bound().session_keys.check(
+            request.token, deadline=_deadline(context)
+        )
+        return auth_pb2.CheckSessionKeyResponse(valid=valid)
+
+    @_rpc
+    async def ResetSessionKey(
+        self,
+        request: auth_pb2.ResetSessionKeyRequest,
+        context: grpc.aio.ServicerContext[
+            auth_pb2.ResetSessionKeyRequest, auth_pb2.ResetSessionKeyResponse
+        ],
+    ) -> auth_pb2.ResetSessionKeyResponse:
+        await self._wechat_bound().session_keys.reset(request.token, deadline=_deadline(context))
+        return auth_pb2.ResetSessionKeyResponse()
+
+    def _wechat_bound(self) -> WeChatBound:
+        if self._token_rpcs is None:
+            raise InternalError("this server was built without the access-token RPCs")
+        return self._token_rpcs

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from runtime import log_context
 from service import crypto
 from service.apps import resolve_app
 from service.cache import SessionCache, UnknownTokens
@@ -14,6 +15,7 @@ from service.callers import authorize_app, current_caller
 from service.errors import BadRequest, SessionExpired, SessionInvalid
 from service.limits import LoginRates
 from service.records import NewLogin, SessionRecord, UserRecord, utc_now_ms
+from service.session_keys import UserSessionKeys
 from service.store import Store
 from service.wechat import WeChatClient
 
@@ -49,6 +51,7 @@ class Sessions:
         cache: SessionCache,
         unknown: UnknownTokens | None = None,
         login_rates: LoginRates | None = None,
+        session_keys: UserSessionKeys | None = None,
         now: Callable[[], datetime] = utc_now_ms,
     ) -> None:
         self._store = store
@@ -56,8 +59,11 @@ class Sessions:
         self._apps = apps
         self._session_ttl = timedelta(seconds=session_ttl)
         self._cache = cache
-        self._unknown = unknown or UnknownTokens(0)
+        # Not `or`: an empty one is falsy (it has a length).
+        self._unknown = UnknownTokens(0) if unknown is None else unknown
         self._login_rates = login_rates
+        # The login's key is now the user's current one (the store wrote it with the login).
+        self._session_keys = session_keys
         self._now = now
 
     async def login(self, app_id: str, code: str, *, deadline: float | None) -> LoginResult:
@@ -88,6 +94,9 @@ class Sessions:
         )
         self._cache.put(saved.session)
         user = saved.session.user
+        if self._session_keys is not None:
+            self._session_keys.note(user, wx.session_key)
+        log_context.note_user(user.user_id)
         log.info("login user_id=%s app_id=%s new_user=%s", user.user_id, app_id, saved.new_user)
         return LoginResult(token, saved.session.expires_at, user, saved.new_user)
 
@@ -108,6 +117,7 @@ class Sessions:
                 self._unknown.add(session_id)
                 raise SessionInvalid()
             self._cache.put(record)
+        log_context.note_user(record.user.user_id)
         # Only now is the app known: a backend of app A never sees app B's sessions.
         authorize_app(record.user.app_id)
         # The TTL monitor deletes expired documents only eventually: decide here.

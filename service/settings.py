@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.config import ConfigError, parse_apps, parse_listen, parse_seconds
+from runtime.config import (
+    ConfigError,
+    ListenAddress,
+    parse_apps,
+    parse_listen,
+    parse_optional_listen,
+    parse_seconds,
+)
 from service.crypto import key_id
 
 __all__ = ["ConfigError", "Settings"]
@@ -21,6 +28,8 @@ DEFAULT_LOGIN_RATE = 1000.0
 # One day: long enough for a client that retries or queues the call, short enough
 # that a captured encryptedData blob is not replayable forever.
 DEFAULT_WATERMARK_MAX_AGE = 24 * 3600
+# Inside WeChat's 5-minute overlap, with a minute to spare for retries and clock skew.
+DEFAULT_ACCESS_TOKEN_REFRESH_BEFORE = 240
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,12 @@ class Settings:
     login_rate_per_app: float = DEFAULT_LOGIN_RATE
     # How long CheckSession remembers that a token hash is unknown (service/cache.py).
     unknown_token_cache_seconds: float = 5.0
+    # WXLOGIN_METRICS_LISTEN: Prometheus /metrics (service/metrics.py); None: off.
+    metrics_listen: ListenAddress | None = None
+    # WXLOGIN_ACCESS_TOKEN_REFRESH_BEFORE: the shared access_token is refreshed this
+    # many seconds before it expires (service/access_tokens.py); must fall inside
+    # WeChat's 300 s overlap window, where normal-mode stable_token mints the next one.
+    access_token_refresh_before: int = DEFAULT_ACCESS_TOKEN_REFRESH_BEFORE
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even by printing the settings.
@@ -125,6 +140,16 @@ class Settings:
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
+            metrics_listen=parse_optional_listen(
+                "WXLOGIN_METRICS_LISTEN", env.get("WXLOGIN_METRICS_LISTEN")
+            ),
+            access_token_refresh_before=parse_seconds(
+                "WXLOGIN_ACCESS_TOKEN_REFRESH_BEFORE",
+                env.get("WXLOGIN_ACCESS_TOKEN_REFRESH_BEFORE"),
+                DEFAULT_ACCESS_TOKEN_REFRESH_BEFORE,
+                minimum=1,
+                maximum=295,
+            ),
         )
 
     @property

@@ -1,12 +1,15 @@
-"""The only code that touches MongoDB: users, sessions and their indexes."""
+"""The only code that touches MongoDB: users (with their current session_key), sessions, the
+apps' shared access_tokens, and the indexes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import pymongo
@@ -17,16 +20,18 @@ from pymongo import ASCENDING, ReadPreference, UpdateOne, WriteConcern
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
+    DuplicateKeyError,
     PyMongoError,
     ServerSelectionTimeoutError,
 )
 
 from runtime.ratelimited_log import RateLimitedLog
 from service.batching import GroupCommit, QueueFull
-from service.crypto import SessionKeyCipher
+from service.crypto import SessionKeyCipher, token_id
 from service.deadlines import budget
 from service.errors import InternalError, Overloaded, StoreUnavailable, WxLoginError
-from service.records import NewLogin, SavedLogin, SessionRecord, UserRecord
+from service.metrics import Metrics
+from service.records import AccessTokenRecord, NewLogin, SavedLogin, SessionRecord, UserRecord
 
 log = logging.getLogger(__name__)
 # During an outage every call fails the same way: one line per kind of failure
@@ -99,6 +104,46 @@ async def _translated(deadline: float | None = None) -> AsyncIterator[None]:
         raise InternalError() from None
 
 
+class _Timed:
+    """Times one MongoDB operation for the metrics, by how it ended (see `_translated`)."""
+
+    __slots__ = ("_metrics", "_operation", "_started")
+
+    def __init__(self, metrics: Metrics, operation: str) -> None:
+        self._metrics = metrics
+        self._operation = operation
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        self._started = time.perf_counter()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            outcome = "ok"
+        elif issubclass(kind, StoreUnavailable):
+            outcome = "unavailable"
+        elif issubclass(kind, asyncio.CancelledError):
+            outcome = "cancelled"
+        else:
+            outcome = "error"
+        self._metrics.mongodb_operation(
+            self._operation, outcome, time.perf_counter() - self._started
+        )
+
+
+_NOT_TIMED: AbstractAsyncContextManager[None] = nullcontext()
+
+
+def _timed(metrics: Metrics | None, operation: str) -> AbstractAsyncContextManager[None]:
+    """Time `operation` when metrics are on; wraps `_translated`, so it sees our errors."""
+    return _NOT_TIMED if metrics is None else _Timed(metrics, operation)
+
+
 class Store:
     """Users and sessions in MongoDB; session_keys sealed with the server's secret key."""
 
@@ -110,10 +155,21 @@ class Store:
         max_batch: int = 256,
         max_waiting_logins: int | None = None,
         batch_interval: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics
         self._users = db.get_collection("users", write_concern=DURABLE)
+        # motor's stubs type read_preference as the class; pymongo passes instances.
+        self._primary_users = self._users.with_options(
+            read_preference=ReadPreference.PRIMARY  # type: ignore[arg-type]
+        )
         self._sessions = db.get_collection("sessions", write_concern=DURABLE)
+        # One document per app; durable, so a failover never brings back a replaced token.
+        self._access_tokens = db.get_collection("access_tokens", write_concern=DURABLE)
+        self._primary_access_tokens = self._access_tokens.with_options(
+            read_preference=ReadPreference.PRIMARY  # type: ignore[arg-type]
+        )
         # motor's stubs type read_preference as the class; pymongo passes instances.
         self._primary_sessions = self._sessions.with_options(
             read_preference=ReadPreference.PRIMARY  # type: ignore[arg-type]
@@ -124,11 +180,12 @@ class Store:
             max_batch=max_batch,
             max_waiting=max_waiting_logins,
             min_interval=batch_interval,
+            on_batch=None if metrics is None else metrics.login_batch_size.observe,
         )
 
     async def ensure_indexes(self, expired_session_retention: int = 0) -> None:
         """Create the indexes the data model relies on (idempotent)."""
-        async with _translated():
+        async with _timed(self._metrics, "ensure_indexes"), _translated():
             await self._users.create_index(
                 [("app_id", ASCENDING), ("openid", ASCENDING)], unique=True, name="app_openid"
             )
@@ -142,7 +199,7 @@ class Store:
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless MongoDB answers."""
-        async with _translated():
+        async with _timed(self._metrics, "ping"), _translated():
             await self._db.command("ping")
 
     async def save_login(self, login: NewLogin) -> SavedLogin:
@@ -170,6 +227,11 @@ class Store:
             raise StoreUnavailable() from None
         except QueueFull:
             raise Overloaded("too many logins wait for the session store; retry later") from None
+
+    @property
+    def logins_waiting(self) -> int:
+        """Logins submitted and not yet in a MongoDB write (the group-commit queue)."""
+        return self._logins.waiting
 
     async def close(self) -> None:
         """Finish the logins already submitted; call before closing the motor client."""
@@ -203,7 +265,7 @@ class Store:
             )
             results.append(SavedLogin(record, new_user=False))
         try:
-            async with _translated(deadline):
+            async with _timed(self._metrics, "insert_sessions"), _translated(deadline):
                 try:
                     await self._sessions.insert_many(docs, ordered=False)
                 except BulkWriteError as error:
@@ -246,7 +308,13 @@ class Store:
             UpdateOne(
                 {"app_id": app_id, "openid": openid},
                 {
-                    "$set": _touched_fields(last[app_id, openid], unionids.get((app_id, openid))),
+                    "$set": {
+                        **_touched_fields(last[app_id, openid], unionids.get((app_id, openid))),
+                        # The user's one current session_key: the batch's latest login brought it.
+                        **self._user_key_fields(
+                            app_id, openid, last[app_id, openid].session_key, last[app_id, openid]
+                        ),
+                    },
                     "$setOnInsert": {
                         "_id": candidate,
                         "created_at": first[app_id, openid].created_at,
@@ -258,7 +326,7 @@ class Store:
         ]
         created: set[int] = set()
         pending = list(range(len(keys)))
-        async with _translated(deadline):
+        async with _timed(self._metrics, "upsert_users"), _translated(deadline):
             # Two racing upserts of a new key can both try to insert; the loser
             # gets a duplicate key error and, retried, finds the winner's document.
             for attempt in (1, 2):
@@ -319,7 +387,7 @@ class Store:
         self, session_id: str, *, deadline: float | None = None
     ) -> SessionRecord | None:
         """The stored session, expired or not (the caller compares expires_at)."""
-        async with _translated(deadline):
+        async with _timed(self._metrics, "find_session"), _translated(deadline):
             # From the primary: a session majority-written a moment ago is there
             # even when the URI prefers secondaries.
             doc = await self._primary_sessions.find_one({"_id": session_id})
@@ -360,7 +428,7 @@ class Store:
         if resealed is None:
             return sealed
         try:
-            async with _translated(deadline):
+            async with _timed(self._metrics, "reseal"), _translated(deadline):
                 await self._sessions.update_one(
                     {"_id": session_id, "session_key": Binary(sealed)},
                     {"$set": {"session_key": Binary(resealed)}},
@@ -373,8 +441,163 @@ class Store:
 
     async def delete_session(self, session_id: str, *, deadline: float | None = None) -> None:
         """Remove a session (log out), durably; removing an absent one is not an error."""
-        async with _translated(deadline):
+        async with _timed(self._metrics, "delete_session"), _translated(deadline):
             await self._sessions.delete_one({"_id": session_id})
+
+    def _user_key_fields(
+        self, app_id: str, openid: str, session_key: str, login: NewLogin | None = None
+    ) -> dict[str, Any]:
+        sealed = self._cipher.seal(session_key, _user_key_aad(app_id, openid))
+        at = datetime.now(UTC) if login is None else login.created_at
+        return {"session_key": Binary(sealed), "session_key_at": at}
+
+    async def find_user_session_key(
+        self, user: UserRecord, *, deadline: float | None = None
+    ) -> str | None:
+        """The user's current session_key, unsealed; None for a user stored before there was one.
+
+        Read from the primary: a key another process stored a moment ago must be seen.
+        """
+        async with _timed(self._metrics, "find_user_session_key"), _translated(deadline):
+            doc = await self._primary_users.find_one(
+                {"_id": ObjectId(user.user_id)}, {"session_key": 1}
+            )
+        if doc is None or doc.get("session_key") is None:
+            return None
+        sealed = bytes(doc["session_key"])
+        aad = _user_key_aad(user.app_id, user.openid)
+        try:
+            session_key = self._cipher.open(sealed, aad)
+        except Exception:
+            log.error("the session_key of user_id=%s cannot be unsealed", user.user_id)
+            raise InternalError() from None
+        if not self._cipher.is_current(sealed):
+            # Like sessions' keys (_reseal): moved to the current secret key on use,
+            # conditional on the blob still being the one read, best effort.
+            try:
+                async with _timed(self._metrics, "reseal"), _translated(deadline):
+                    await self._users.update_one(
+                        {"_id": ObjectId(user.user_id), "session_key": Binary(sealed)},
+                        {"$set": {"session_key": Binary(self._cipher.seal(session_key, aad))}},
+                    )
+            except WxLoginError as error:
+                log.warning("re-sealing a user's session_key failed (%s)", error.reason)
+        return session_key
+
+    async def set_user_session_key(
+        self, user: UserRecord, session_key: str, *, deadline: float | None = None
+    ) -> None:
+        """Make `session_key` the user's current one (a code exchange or a reset brought it)."""
+        fields = self._user_key_fields(user.app_id, user.openid, session_key)
+        async with _timed(self._metrics, "set_user_session_key"), _translated(deadline):
+            await self._users.update_one({"_id": ObjectId(user.user_id)}, {"$set": fields})
+
+    async def find_access_token(
+        self, app_id: str, *, deadline: float | None = None
+    ) -> AccessTokenRecord | None:
+        """The app's shared access_token document (token "" before the first fetch), or None."""
+        async with _timed(self._metrics, "find_access_token"), _translated(deadline):
+            doc = await self._primary_access_tokens.find_one({"_id": app_id})
+        return None if doc is None else self._access_token_record(doc)
+
+    async def claim_access_token_refresh(
+        self,
+        app_id: str,
+        *,
+        owner: str,
+        version: int,
+        now: float,
+        lease_seconds: float,
+        deadline: float | None = None,
+    ) -> bool:
+        """Take the app's refresh lease if the token is still at `version` and no lease is held.
+
+        The compare-and-set that lets exactly one process refresh a given token;
+        version 0 (no token yet) creates the document.
+        """
+        query = {
+            "_id": app_id,
+            "version": version,
+            "$or": [{"lease_until": {"$lte": _datetime(now)}}, {"lease_until": None}],
+        }
+        update = {"$set": {"lease_owner": owner, "lease_until": _datetime(now + lease_seconds)}}
+        async with _timed(self._metrics, "claim_access_token"), _translated(deadline):
+            try:
+                result = await self._access_tokens.update_one(query, update, upsert=version == 0)
+            except DuplicateKeyError:
+                return False  # the document exists at another version, or is leased
+        return result.matched_count == 1 or result.upserted_id is not None
+
+    async def save_access_token(
+        self,
+        app_id: str,
+        *,
+        owner: str,
+        version: int,
+        token: str,
+        expires_at: float,
+        refresh_at: float,
+        forced: tuple[float, int, int] | None = None,
+        deadline: float | None = None,
+    ) -> AccessTokenRecord | None:
+        """Store a fetched token as `version + 1` and release the lease; None if the lease was lost.
+
+        `forced`: (when, day, forced refreshes that day) after a forced refresh.
+        """
+        fields: dict[str, Any] = {
+            "token": Binary(self._cipher.seal(token, _access_token_aad(app_id))),
+            "token_sha256": token_id(token),
+            "expires_at": _datetime(expires_at),
+            "refresh_at": _datetime(refresh_at),
+            "version": version + 1,
+            "lease_until": _datetime(0),
+            "fetched_at": datetime.now(UTC),
+        }
+        if forced is not None:
+            at, day, count = forced
+            fields.update(last_force_at=_datetime(at), force_day=day, forces_that_day=count)
+        async with _timed(self._metrics, "save_access_token"), _translated(deadline):
+            doc = await self._access_tokens.find_one_and_update(
+                {"_id": app_id, "version": version, "lease_owner": owner},
+                {"$set": fields},
+                return_document=pymongo.ReturnDocument.AFTER,
+            )
+        return None if doc is None else self._access_token_record(doc)
+
+    async def release_access_token_lease(
+        self, app_id: str, *, owner: str, deadline: float | None = None
+    ) -> None:
+        """Give the refresh lease back early (the fetch failed): another process may try."""
+        async with _timed(self._metrics, "release_access_token"), _translated(deadline):
+            await self._access_tokens.update_one(
+                {"_id": app_id, "lease_owner": owner}, {"$set": {"lease_until": _datetime(0)}}
+            )
+
+    def _access_token_record(self, doc: dict[str, Any]) -> AccessTokenRecord:
+        app_id = str(doc["_id"])
+        token = ""
+        if doc.get("token") is not None:
+            try:
+                token = self._cipher.open(bytes(doc["token"]), _access_token_aad(app_id))
+            except Exception:
+                # Sealed under a key no longer configured: as good as no token; the
+                # next fetch replaces it (tokens live two hours, so none outlives a
+                # rotation by long: no re-sealing here).
+                log.error("the access_token of app_id=%s cannot be unsealed; refetching", app_id)
+        last_force = doc.get("last_force_at")
+        return AccessTokenRecord(
+            app_id=app_id,
+            token=token,
+            token_sha256=str(doc.get("token_sha256", "")) if token else "",
+            expires_at=_epoch(doc.get("expires_at")),
+            refresh_at=_epoch(doc.get("refresh_at")),
+            version=int(doc.get("version", 0)),
+            lease_owner=doc.get("lease_owner"),
+            lease_until=_epoch(doc.get("lease_until")),
+            last_force_at=None if last_force is None else _epoch(last_force),
+            force_day=int(doc.get("force_day", -1)),
+            forces_that_day=int(doc.get("forces_that_day", 0)),
+        )
 
     def open_session_key(self, record: SessionRecord) -> str:
         """Unseal a session's session_key; a tampered blob is an internal error."""
@@ -384,6 +607,28 @@ class Store:
             # Wrong WXLOGIN_SECRET_KEY or a tampered document: say so to operators.
             log.error("session_key of user_id=%s cannot be unsealed", record.user.user_id)
             raise InternalError() from None
+
+
+def _access_token_aad(app_id: str) -> str:
+    """What an app's sealed access_token is bound to: it can't be moved to another app."""
+    return f"access_token:{app_id}"
+
+
+def _datetime(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _epoch(value: Any) -> float:
+    return value.timestamp() if isinstance(value, datetime) else 0.0
+
+
+def _user_key_aad(app_id: str, openid: str) -> str:
+    """What a user's sealed session_key is bound to: the blob can't move to another user.
+
+    Not the user's _id: a login's upsert seals the key before it knows the id.
+    The "user:" prefix keeps it apart from a session's binding (its hex id).
+    """
+    return f"user:{app_id}:{openid}"
 
 
 def _latest_deadline(logins: Sequence[NewLogin]) -> float | None:

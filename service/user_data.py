@@ -1,22 +1,48 @@
-"""User data: decrypt encryptedData with the session's key; check signature and watermark."""
+"""User data: decrypt encryptedData with the user's current session_key; signature, watermark.
+
+The key is the user's current one (service/session_keys.py), not the session's:
+WeChat encrypts with the key of the latest wx.login(). With a fresh `code`
+(wx.login() just before fetching the data) the code is exchanged first and its
+key becomes the user's: the pattern that never fails. Without one, a failed
+decryption re-reads the key from MongoDB (another process may have stored a
+newer one), and then asks WeChat (wxa/checksession) whether the key we hold is
+still current: SESSION_KEY_STALE if not, so the mini-program knows to send a
+code; DECRYPT_FAILED if it is (the data itself is bad).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from service import crypto
-from service.errors import BadRequest, SignatureMismatch, WatermarkExpired, WatermarkMismatch
-from service.records import utc_now_ms
+from service.errors import (
+    BadRequest,
+    CodeUserMismatch,
+    DecryptFailed,
+    SessionKeyStale,
+    SignatureMismatch,
+    WatermarkExpired,
+    WatermarkMismatch,
+)
+from service.records import SessionRecord, UserRecord, utc_now_ms
+from service.session_keys import UserSessionKeys
 from service.sessions import Sessions
 from service.store import Store
+from service.wechat import WeChatClient
+
+# Asks WeChat whether `session_key` is still the user's current key: True, False,
+# or None when WeChat could not say (the caller then keeps its own answer).
+KeyIsCurrent = Callable[[UserRecord, str, float | None], Awaitable[bool | None]]
 
 log = logging.getLogger("service.auth")
 
 _MAX_FIELD_LENGTH = 1 << 20  # encryptedData of a phone number is ~200 bytes
+# WeChat's codes are 32 characters; anything far longer is not a code.
+_MAX_CODE_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -36,11 +62,17 @@ class UserDataDecryptor:
         store: Store,
         *,
         watermark_max_age: int,
+        session_keys: UserSessionKeys | None = None,
+        wechat: WeChatClient | None = None,
+        key_is_current: KeyIsCurrent | None = None,
         now: Callable[[], datetime] = utc_now_ms,
     ) -> None:
         self._sessions = sessions
         self._store = store
         self._watermark_max_age = watermark_max_age
+        self._keys = UserSessionKeys(store) if session_keys is None else session_keys
+        self._wechat = wechat
+        self._key_is_current = key_is_current
         self._now = now
 
     async def decrypt(
@@ -51,9 +83,14 @@ class UserDataDecryptor:
         raw_data: str = "",
         signature: str = "",
         *,
+        code: str = "",
         deadline: float | None = None,
     ) -> UserData:
-        """Decrypt encryptedData with the session's key and check signature and watermark."""
+        """Decrypt encryptedData with the user's current key; check signature and watermark.
+
+        `code`, if given, is a fresh wx.login() code: exchanged first, and its key
+        becomes the user's current one (see the module docstring).
+        """
         for name, value in (("encrypted_data", encrypted_data), ("iv", iv)):
             if not value:
                 raise BadRequest(f"{name} is empty")
@@ -61,8 +98,53 @@ class UserDataDecryptor:
                 raise BadRequest(f"{name} is too long")
         if bool(raw_data) != bool(signature):
             raise BadRequest("raw_data and signature go together: give both or neither")
+        if len(code) > _MAX_CODE_LENGTH:
+            raise BadRequest("code is too long to be a wx.login() code")
         record = await self._sessions.check(token, deadline=deadline)
-        session_key = self._store.open_session_key(record)
+        if code:
+            session_key = await self._exchange(record, code, deadline)
+            return self._open(record, session_key, encrypted_data, iv, raw_data, signature)
+        session_key = await self._keys.current(record, deadline=deadline)
+        try:
+            return self._open(record, session_key, encrypted_data, iv, raw_data, signature)
+        except (DecryptFailed, SignatureMismatch) as failure:
+            first_failure = failure
+        # Another process may have stored a newer key since it was cached here.
+        fresh = await self._keys.fresh(record, deadline=deadline)
+        if fresh != session_key:
+            try:
+                return self._open(record, fresh, encrypted_data, iv, raw_data, signature)
+            except (DecryptFailed, SignatureMismatch) as failure:
+                first_failure = failure
+        if self._key_is_current is not None:
+            current = await self._key_is_current(record.user, fresh, deadline)
+            if current is False:
+                log.info("decryption failed: session_key stale user_id=%s", record.user.user_id)
+                raise SessionKeyStale() from None
+        raise first_failure
+
+    async def _exchange(self, record: SessionRecord, code: str, deadline: float | None) -> str:
+        """Exchange a fresh code for the session's user; its key becomes the user's current one."""
+        if self._wechat is None:
+            raise BadRequest("code is not supported here")
+        user = record.user
+        wx = await self._wechat.code2session(user.app_id, code, deadline=deadline)
+        if wx.openid != user.openid:
+            # The code was spent at WeChat all the same: the mini-program needs a new one.
+            log.warning("DecryptUserData code of another user (session user_id=%s)", user.user_id)
+            raise CodeUserMismatch()
+        await self._keys.replace(user, wx.session_key, deadline=deadline)
+        return wx.session_key
+
+    def _open(
+        self,
+        record: SessionRecord,
+        session_key: str,
+        encrypted_data: str,
+        iv: str,
+        raw_data: str,
+        signature: str,
+    ) -> UserData:
         if signature and not crypto.signature_matches(raw_data, session_key, signature):
             raise SignatureMismatch()
         data = crypto.decrypt_user_data(session_key, encrypted_data, iv)

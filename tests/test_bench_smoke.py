@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-SCENARIOS = {"check_valid", "check_unknown", "decrypt", "login", "edge_session", "edge_login"}
+SCENARIOS = {
+    "check_valid",
+    "check_unknown",
+    "check_caller",
+    "check_metrics",
+    "decrypt",
+    "login",
+    "edge_session",
+    "edge_login",
+}
 
 
 def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
@@ -50,6 +59,6 @@ def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
     assert results["scaling"]["processes_1"]["rps"] > 0
     assert results["scaling"]["processes_2"]["rps"] > 0
     assert {target["result"] for target in results["targets"]} <= {"PASS", "MISS"}
-    assert len(results["targets"]) == 6
+    assert len(results["targets"]) == 9
     assert (tmp_path / "latest.md").read_text().count("|") > 50
     assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")

@@ -136,12 +136,13 @@ async def test_malformed_input_is_typed(
 async def test_rotated_session_key_fails_to_decrypt(
     stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator
 ) -> None:
-    """Data encrypted under a newer session_key (wx.login ran again) is DECRYPT_FAILED."""
+    """Data under a newer session_key (wx.login ran again, code unseen) is SESSION_KEY_STALE."""
     token = await logged_in(stub, emu, "wade")
     await emu.code(APP_A, "wade")  # wx.login() again: WeChat rotates the key
     blob = await emu.user_data(APP_A, "wade")
     req = request(token, blob, raw_data="", signature="")
-    assert (await decrypt_error(stub, req))[1] == "DECRYPT_FAILED"
+    # Issue 11: WeChat (wxa/checksession) confirms our key is stale; tests/test_session_key.py.
+    assert (await decrypt_error(stub, req))[1] == "SESSION_KEY_STALE"
 
 
 async def test_watermark_of_another_app_is_rejected(

@@ -51,6 +51,8 @@ EXPECTED_HTTP = {
     "WATERMARK_EXPIRED": 400,
     "SIGNATURE_MISMATCH": 400,
     "STORE_UNAVAILABLE": 503,
+    "CODE_USER_MISMATCH": 403,
+    "SESSION_KEY_STALE": 400,
     # wxlogin refused the edge itself: the user did nothing wrong, and logging in
     # again cannot help, so neither 401 nor 403 (clients/http_errors.py).
     "CALLER_UNAUTHENTICATED": 500,

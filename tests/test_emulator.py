@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -32,6 +33,13 @@ APP2, SECRET2 = "wxtest00000000002", "secret-two"
 APPS = {APP1: SECRET1, APP2: SECRET2}
 SECRETS = {APP1: SECRET1, APP2: SECRET2}
 REPO = Path(__file__).resolve().parent.parent
+NO_REQUESTS = {
+    "jscode2session_requests": 0,
+    "stable_token_requests": 0,
+    "getuserphonenumber_requests": 0,
+    "checksession_requests": 0,
+    "resetusersessionkey_requests": 0,
+}
 
 
 class FakeClock:
@@ -418,9 +426,9 @@ async def test_stats_count_every_request(emu: Emulator) -> None:
     await emu.ok("POST", "/_dev/faults", {"errcode": -1, "times": 1})
     await emu.exchange("a")
     await emu.exchange("b", appid=None)
-    assert await emu.ok("GET", "/_dev/stats") == {"jscode2session_requests": 2}
-    assert await emu.ok("POST", "/_dev/stats/reset") == {"jscode2session_requests": 0}
-    assert await emu.ok("GET", "/_dev/stats") == {"jscode2session_requests": 0}
+    assert await emu.ok("GET", "/_dev/stats") == {**NO_REQUESTS, "jscode2session_requests": 2}
+    assert await emu.ok("POST", "/_dev/stats/reset") == NO_REQUESTS
+    assert await emu.ok("GET", "/_dev/stats") == NO_REQUESTS
 
 
 async def test_fault_use_code_spends_the_code(emu: Emulator) -> None:
@@ -535,6 +543,315 @@ async def test_chaos_yields_to_queued_faults_and_stops_on_delete(emu: Emulator) 
     assert (await emu.exchange("anycode"))["errcode"] == 40029
 
 
+# -- stable_token, phone numbers, wxa session keys --------------------------------------------
+
+
+async def wechat_post(emu: Emulator, path: str, body: Any, **query: str) -> dict[str, Any]:
+    """POST a JSON body to one of WeChat's endpoints; the answer is JSON labelled text/plain."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with emu.http.post(emu.base + path, data=data, params=query) as resp:
+        assert resp.status == 200
+        answer: dict[str, Any] = json.loads(await resp.text())
+        return answer
+
+
+async def wechat_get(emu: Emulator, path: str, **query: str) -> dict[str, Any]:
+    """GET one of WeChat's endpoints with a query."""
+    async with emu.http.get(emu.base + path, params=query) as resp:
+        assert resp.status == 200
+        answer: dict[str, Any] = json.loads(await resp.text())
+        return answer
+
+
+async def stable_token(
+    emu: Emulator, appid: str = APP1, *, force: bool = False, secret: str | None = None
+) -> dict[str, Any]:
+    """One stable_token call."""
+    body = {
+        "grant_type": "client_credential",
+        "appid": appid,
+        "secret": SECRETS[appid] if secret is None else secret,
+        "force_refresh": force,
+    }
+    return await wechat_post(emu, "/cgi-bin/stable_token", body)
+
+
+def hmac_signature(session_key: str) -> str:
+    """WeChat's login-state signature, computed independently of the emulator."""
+    return hmac.new(session_key.encode(), b"", hashlib.sha256).hexdigest()
+
+
+async def checksession(
+    emu: Emulator, token: str, openid: str, session_key: str, sig_method: str = "hmac_sha256"
+) -> int:
+    """wxa/checksession's errcode for a signature made with `session_key`."""
+    answer = await wechat_get(
+        emu,
+        "/wxa/checksession",
+        access_token=token,
+        openid=openid,
+        signature=hmac_signature(session_key),
+        sig_method=sig_method,
+    )
+    errcode: int = answer["errcode"]
+    return errcode
+
+
+async def token_errcode(emu: Emulator, token: str) -> int:
+    """What an API that takes an access_token says about `token`: 0 when it is accepted."""
+    # An unknown openid is 40003, answered only after the token was accepted.
+    errcode = await checksession(emu, token, "onobody", "key")
+    return 0 if errcode == 40003 else errcode
+
+
+async def test_stable_token_normal_mode_overlaps_old_and_new(emu: Emulator) -> None:
+    """Normal mode repeats one token until 5 min before expiry, then mints the next; both work."""
+    first = await stable_token(emu)
+    assert set(first) == {"access_token", "expires_in"}
+    assert first["expires_in"] == 7200
+    emu.clock.advance(7200 - 301)
+    again = await stable_token(emu)
+    assert again == {"access_token": first["access_token"], "expires_in": 301}
+    emu.clock.advance(2)  # now 299 s left: inside the overlap window
+    second = await stable_token(emu)
+    assert second["access_token"] != first["access_token"]
+    assert second["expires_in"] == 7200
+    assert await token_errcode(emu, first["access_token"]) == 0
+    assert await token_errcode(emu, second["access_token"]) == 0
+    assert (await stable_token(emu))["access_token"] == second["access_token"]
+    emu.clock.advance(299)
+    assert await token_errcode(emu, first["access_token"]) == 42001
+    assert await token_errcode(emu, second["access_token"]) == 0
+    assert (await stable_token(emu, APP2))["access_token"] != second["access_token"]
+
+
+async def test_stable_token_force_invalidates_old_ones_at_once(emu: Emulator) -> None:
+    """A forced refresh mints a new token and every earlier one answers 40001 from then on."""
+    old = (await stable_token(emu))["access_token"]
+    forced = await stable_token(emu, force=True)
+    assert forced["access_token"] != old
+    assert forced["expires_in"] == 7200
+    assert await token_errcode(emu, old) == 40001
+    assert await token_errcode(emu, forced["access_token"]) == 0
+    assert (await stable_token(emu))["access_token"] == forced["access_token"]
+
+
+async def test_stable_token_force_is_30s_apart_and_20_a_day(emu: Emulator) -> None:
+    """Force mode: 45011 within 30 s of the last one, 45009 after 20 in a day, fine next day."""
+    emu.clock.now = 1_700_006_400.0  # a UTC midnight: the day below does not roll over
+    assert "access_token" in await stable_token(emu, force=True)
+    emu.clock.advance(29)
+    assert (await stable_token(emu, force=True))["errcode"] == 45011
+    emu.clock.advance(1)
+    for _ in range(19):
+        assert "access_token" in await stable_token(emu, force=True)
+        emu.clock.advance(30)
+    assert (await stable_token(emu, force=True))["errcode"] == 45009
+    usable = (await stable_token(emu))["access_token"]
+    assert await token_errcode(emu, usable) == 0  # normal mode still works
+    assert "access_token" in await stable_token(emu, APP2, force=True)  # counted per app
+    listed = await emu.ok("GET", "/_dev/access-tokens")
+    assert listed["apps"][APP1]["forces_today"] == 20
+    emu.clock.advance(86400)
+    assert "access_token" in await stable_token(emu, force=True)
+
+
+@pytest.mark.parametrize(
+    ("body", "errcode"),
+    [
+        ({"grant_type": "client_credential", "appid": APP1, "secret": SECRET2}, 40125),
+        ({"grant_type": "client_credential", "appid": "wxnosuchapp", "secret": "s"}, 40013),
+        ({"grant_type": "authorization_code", "appid": APP1, "secret": SECRET1}, 40002),
+        ({"grant_type": "client_credential", "secret": SECRET1}, 41002),
+        ({"grant_type": "client_credential", "appid": APP1}, 41004),
+        (b"not json", 47001),
+    ],
+)
+async def test_stable_token_bad_parameters(emu: Emulator, body: Any, errcode: int) -> None:
+    """Wrong secret, unknown app, wrong grant type, missing fields, a non-JSON body: errcodes."""
+    answer = await wechat_post(emu, "/cgi-bin/stable_token", body)
+    assert answer["errcode"] == errcode
+    assert "access_token" not in answer
+
+
+async def test_unknown_and_missing_access_tokens(emu: Emulator) -> None:
+    """A token never issued is 40014, none at all 41001, on every endpoint that takes one."""
+    assert await token_errcode(emu, "emu_made_up") == 40014
+    answer = await wechat_post(emu, "/wxa/business/getuserphonenumber", {"code": "x"})
+    assert answer["errcode"] == 41001
+    answer = await wechat_get(emu, "/wxa/resetusersessionkey", access_token="emu_made_up")
+    assert answer["errcode"] == 40014
+
+
+async def test_dev_invalidate_leaves_only_force_mode(emu: Emulator) -> None:
+    """An invalidated token answers 40001 while normal mode still returns it; force fixes it."""
+    token = (await stable_token(emu))["access_token"]
+    assert await emu.ok("POST", "/_dev/access-tokens/invalidate", {"appid": APP1}) == {
+        "invalidated": True
+    }
+    assert await token_errcode(emu, token) == 40001
+    assert (await stable_token(emu))["access_token"] == token
+    fresh = (await stable_token(emu, force=True))["access_token"]
+    assert await token_errcode(emu, fresh) == 0
+
+
+async def phone_number(emu: Emulator, token: str, code: str) -> dict[str, Any]:
+    """One getuserphonenumber call."""
+    return await wechat_post(
+        emu, "/wxa/business/getuserphonenumber", {"code": code}, access_token=token
+    )
+
+
+async def test_phone_code_gives_the_number_once(emu: Emulator) -> None:
+    """A phone code gives phone_info with a string countryCode and the app's watermark, once."""
+    await emu.ok("POST", "/_dev/users", {"appid": APP1, "user": "pat", "phone": "13800138000"})
+    code = (await emu.ok("POST", "/_dev/phone-code", {"appid": APP1, "user": "pat"}))["code"]
+    token = (await stable_token(emu))["access_token"]
+    answer = await phone_number(emu, token, code)
+    assert answer == {
+        "errcode": 0,
+        "errmsg": "ok",
+        "phone_info": {
+            "phoneNumber": "13800138000",
+            "purePhoneNumber": "13800138000",
+            "countryCode": "86",
+            "watermark": {"timestamp": int(emu.clock.now), "appid": APP1},
+        },
+    }
+    assert (await phone_number(emu, token, code))["errcode"] == 40163
+
+
+async def test_phone_code_expiry_app_and_foreign_numbers(emu: Emulator) -> None:
+    """Phone codes expire after 5 min, are invalid with another app's token; +cc outside China."""
+    await emu.ok(
+        "POST",
+        "/_dev/users",
+        {"appid": APP1, "user": "ann", "phone": "4155550100", "country_code": "1"},
+    )
+    token = (await stable_token(emu))["access_token"]
+    other_app = (await stable_token(emu, APP2))["access_token"]
+    code = (await emu.ok("POST", "/_dev/phone-code", {"appid": APP1, "user": "ann"}))["code"]
+    assert (await phone_number(emu, other_app, code))["errcode"] == 40029
+    info = (await phone_number(emu, token, code))["phone_info"]
+    assert (info["phoneNumber"], info["purePhoneNumber"], info["countryCode"]) == (
+        "+1 4155550100",
+        "4155550100",
+        "1",
+    )
+    late = (await emu.ok("POST", "/_dev/phone-code", {"appid": APP1, "user": "ann"}))["code"]
+    emu.clock.advance(300)
+    assert (await phone_number(emu, token, late))["errcode"] == 40029
+    assert (await phone_number(emu, token, "nosuchcode"))["errcode"] == 40029
+
+
+async def test_phone_code_needs_a_phone(emu: Emulator) -> None:
+    """The dev API refuses a phone code for a user set up without a phone (409) and bad input."""
+    await emu.ok("POST", "/_dev/users", {"appid": APP1, "user": "nophone"})
+    status, _ = await emu.dev("POST", "/_dev/phone-code", {"appid": APP1, "user": "nophone"})
+    assert status == 409
+    status, _ = await emu.dev("POST", "/_dev/users", {"appid": APP1, "user": "x", "phone": "1-2"})
+    assert status == 400
+
+
+async def test_checksession_accepts_only_the_current_key(emu: Emulator) -> None:
+    """checksession: the current session_key's hmac is ok; an older key's, or garbage, 87009."""
+    old = await emu.ok("POST", "/_dev/login", {"appid": APP1, "user": "kim"})
+    token = (await stable_token(emu))["access_token"]
+    assert await checksession(emu, token, old["openid"], old["session_key"]) == 0
+    assert await checksession(emu, token, old["openid"], "not-the-key") == 87009
+    new = await emu.ok("POST", "/_dev/login", {"appid": APP1, "user": "kim"})
+    assert await checksession(emu, token, old["openid"], old["session_key"]) == 87009
+    assert await checksession(emu, token, new["openid"], new["session_key"]) == 0
+    assert await checksession(emu, token, new["openid"], new["session_key"], "md5") == 40097
+    other_app = (await stable_token(emu, APP2))["access_token"]
+    assert await checksession(emu, other_app, new["openid"], new["session_key"]) == 40003
+
+
+async def test_resetusersessionkey_rotates_the_key(emu: Emulator) -> None:
+    """A reset signed with the current key returns a new one; the old one is then 87009."""
+    login = await emu.ok("POST", "/_dev/login", {"appid": APP1, "user": "lee"})
+    token = (await stable_token(emu))["access_token"]
+    query = {"access_token": token, "openid": login["openid"], "sig_method": "hmac_sha256"}
+    stale = await wechat_get(
+        emu, "/wxa/resetusersessionkey", **query, signature=hmac_signature("wrong")
+    )
+    assert stale["errcode"] == 87009
+    answer = await wechat_get(
+        emu, "/wxa/resetusersessionkey", **query, signature=hmac_signature(login["session_key"])
+    )
+    assert answer["errcode"] == 0
+    assert answer["openid"] == login["openid"]
+    new_key = answer["session_key"]
+    assert new_key != login["session_key"]
+    assert len(base64.b64decode(new_key)) == 16
+    assert await checksession(emu, token, login["openid"], login["session_key"]) == 87009
+    assert await checksession(emu, token, login["openid"], new_key) == 0
+    bundle = await emu.ok("POST", "/_dev/user-data", {"appid": APP1, "user": "lee"})
+    assert decrypt(new_key, bundle["encryptedData"], bundle["iv"])["watermark"]["appid"] == APP1
+
+
+async def test_stats_count_each_endpoint(emu: Emulator) -> None:
+    """/_dev/stats counts requests per WeChat endpoint, refused ones included."""
+    token = (await stable_token(emu))["access_token"]
+    await stable_token(emu, secret="wrong")
+    await phone_number(emu, token, "nosuchcode")
+    await checksession(emu, token, "onobody", "key")
+    await wechat_get(emu, "/wxa/resetusersessionkey", access_token=token)
+    await emu.exchange("nosuchcode")
+    assert await emu.ok("GET", "/_dev/stats") == {
+        "jscode2session_requests": 1,
+        "stable_token_requests": 2,
+        "getuserphonenumber_requests": 1,
+        "checksession_requests": 1,
+        "resetusersessionkey_requests": 1,
+    }
+
+
+async def test_faults_can_target_one_endpoint(emu: Emulator) -> None:
+    """A fault for stable_token answers there only, in order; jscode2session is untouched."""
+    await emu.ok("POST", "/_dev/faults", {"endpoint": "stable_token", "errcode": 40164, "times": 1})
+    listed = await emu.ok("POST", "/_dev/faults", {"errcode": -1, "times": 1})
+    assert [f["endpoint"] for f in listed["faults"]] == ["stable_token", "jscode2session"]
+    assert (await stable_token(emu)) == {"errcode": 40164, "errmsg": "forced"}
+    assert "access_token" in await stable_token(emu)
+    assert (await emu.exchange("anycode"))["errcode"] == -1
+    status, answer = await emu.dev("POST", "/_dev/faults", {"endpoint": "nosuch"})
+    assert status == 400
+    assert "endpoint" in answer["error"]
+
+
+async def test_phone_fault_with_use_code_spends_the_code(emu: Emulator) -> None:
+    """use_code on getuserphonenumber spends the phone code before the forced answer."""
+    await emu.ok("POST", "/_dev/users", {"appid": APP1, "user": "uma", "phone": "13900000000"})
+    code = (await emu.ok("POST", "/_dev/phone-code", {"appid": APP1, "user": "uma"}))["code"]
+    token = (await stable_token(emu))["access_token"]
+    fault = {"endpoint": "getuserphonenumber", "errcode": -1, "use_code": True, "times": 1}
+    await emu.ok("POST", "/_dev/faults", fault)
+    assert (await phone_number(emu, token, code))["errcode"] == -1
+    assert (await phone_number(emu, token, code))["errcode"] == 40163
+
+
+async def test_dev_clock_moves_time_forward() -> None:
+    """POST /_dev/clock advances the emulator's own clock: codes and tokens expire by it."""
+    runner = web.AppRunner(init_app(APPS, access_token_ttl=60, access_token_overlap=10))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            emu = Emulator(f"http://127.0.0.1:{runner.addresses[0][1]}", http, FakeClock())
+            code = await emu.login()
+            first = await stable_token(emu)
+            assert 59 <= first["expires_in"] <= 60
+            assert await emu.ok("POST", "/_dev/clock", {"advance": 55}) == {"offset": 55}
+            assert (await stable_token(emu))["access_token"] != first["access_token"]
+            await emu.ok("POST", "/_dev/clock", {"advance": 300})
+            assert (await emu.exchange(code))["errcode"] == 40029
+            status, _ = await emu.dev("POST", "/_dev/clock", {"advance": -1})
+            assert status == 400
+    finally:
+        await runner.cleanup()
+
+
 # -- command line -----------------------------------------------------------------------------
 
 
@@ -642,3 +959,27 @@ def test_cli_flags_win_over_environment_and_defaults_fill_the_rest() -> None:
     assert str(defaults.listen) == "127.0.0.1:9090"
     assert set(defaults.apps) == {"wxdev0000000000001", "wxdev0000000000002"}
     assert defaults.code_ttl == 300.0
+
+
+@pytest.mark.parametrize(
+    ("args", "variable"),
+    [
+        (["--access-token-ttl", "0"], "--access-token-ttl"),
+        (["--access-token-ttl", "inf"], "--access-token-ttl"),
+        (["--access-token-ttl", "60", "--access-token-overlap", "60"], "--access-token-overlap"),
+        (["--access-token-overlap", "-1"], "--access-token-overlap"),
+    ],
+)
+def test_cli_bad_token_lifetimes_name_the_flag(args: list[str], variable: str) -> None:
+    """A non-positive token lifetime, or an overlap not shorter than it, names its flag."""
+    with pytest.raises(ConfigError) as caught:
+        parse_args(args, {})
+    assert caught.value.variable == variable
+
+
+def test_cli_token_lifetimes_default_to_wechats() -> None:
+    """Unset, tokens live 7200 s with a 300 s overlap; the flags shorten both for tests."""
+    defaults = parse_args([], {})
+    assert (defaults.access_token_ttl, defaults.access_token_overlap) == (7200.0, 300.0)
+    short = parse_args(["--access-token-ttl", "12", "--access-token-overlap", "6"], {})
+    assert (short.access_token_ttl, short.access_token_overlap) == (12.0, 6.0)

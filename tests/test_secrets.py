@@ -1,23 +1,36 @@
-"""Neither tokens nor session_keys appear in plaintext in MongoDB or in the logs."""
+"""Neither tokens nor session_keys appear in plaintext in MongoDB or in the logs (text or JSON)."""
 
 from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 from bson import BSON
 
+from tests.log_support import JsonLines, json_logs
 from tests.support import APP_A, APPS, Emulator
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 
+@pytest.fixture
+def json_lines() -> Iterator[JsonLines]:
+    """Everything the test logs, also in the JSON form (WXLOGIN_LOG_FORMAT=json)."""
+    with json_logs() as lines:
+        yield lines
+
+
 async def test_no_plaintext_token_or_session_key_in_the_database_or_logs(
-    stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, db: Any, caplog: pytest.LogCaptureFixture
+    stub: auth_pb2_grpc.AuthServiceStub,
+    emu: Emulator,
+    db: Any,
+    caplog: pytest.LogCaptureFixture,
+    json_lines: JsonLines,
 ) -> None:
-    """Run every RPC (and failures) at DEBUG; search the logs and every stored byte for secrets."""
+    """Run every RPC (and failures) at DEBUG; search both log forms and every stored byte."""
     caplog.set_level(logging.DEBUG)
     minted = await emu.wx_login(APP_A, "xavier")
     code, session_key = minted["code"], minted["session_key"]
@@ -52,7 +65,9 @@ async def test_no_plaintext_token_or_session_key_in_the_database_or_logs(
         assert key.encode() not in stored
         assert base64.b64decode(key) not in stored
 
-    text = caplog.text
+    entries = json_lines.entries()  # every line one JSON object
+    assert any(entry.get("user_id") == login.user.user_id for entry in entries)
+    text = caplog.text + json_lines.text
     for secret in (
         login.token,
         login.token.split("_", 1)[1],

@@ -40,3 +40,17 @@ def test_cache_entries_go_stale_and_the_cache_is_bounded() -> None:
         user = UserRecord("u", "wx1", "o", None)
         cache.put(SessionRecord(f"s{index}", user, now, datetime(2030, 1, 1, tzinfo=UTC), b""))
     assert len(cache) == 3
+
+
+def test_stale_entries_leave_as_new_ones_arrive() -> None:
+    """Entries past max_age are dropped by later puts, not kept until the size bound."""
+    clock = [0.0]
+    cache = SessionCache(max_age=5, max_entries=50_000, monotonic=lambda: clock[0])
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    user = UserRecord("u", "wx1", "o", None)
+    for index in range(100):
+        cache.put(SessionRecord(f"old{index}", user, expires - timedelta(days=1), expires, b""))
+    clock[0] = 6.0
+    for index in range(100):
+        cache.put(SessionRecord(f"new{index}", user, expires - timedelta(days=1), expires, b""))
+    assert len(cache) == 100

@@ -6,12 +6,19 @@ import asyncio
 import logging
 import os
 import sys
+from contextlib import ExitStack
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from clients.edge.app import init_app
 from clients.edge.config import EdgeConfig
+from clients.edge.login_limit import LoginLimit
+from clients.edge.metrics import EdgeMetrics
 from clients.edge.server import serving
 from runtime import logs
 from runtime.config import ConfigError
+from runtime.metrics_server import serving_metrics
 from runtime.serve import stop_on_signals
 
 log = logging.getLogger("edge")
@@ -20,11 +27,33 @@ log = logging.getLogger("edge")
 async def serve(config: EdgeConfig) -> None:
     """Serve until a termination signal, then stop gracefully."""
     stop = stop_on_signals()
+    metrics = None if config.metrics_listen is None else EdgeMetrics(CollectorRegistry())
     app = init_app(
         config.upstream,
         session_cache_seconds=config.session_cache_seconds,
         security=config.security,
+        login_limit=(
+            LoginLimit(config.login_rate, config.login_burst, config.trusted_proxies)
+            if config.login_rate > 0
+            else None
+        ),
+        metrics=metrics,
     )
+    with ExitStack() as exits:
+        if metrics is not None and config.metrics_listen is not None:
+            metrics_port = exits.enter_context(
+                serving_metrics(
+                    "WXLOGIN_EDGE_METRICS_LISTEN", config.metrics_listen, metrics.registry
+                )
+            )
+            log.info(
+                "metrics on http://%s:%d/metrics", config.metrics_listen.url_host, metrics_port
+            )
+        await _serve(app, config, stop)
+
+
+async def _serve(app: web.Application, config: EdgeConfig, stop: asyncio.Event) -> None:
+    """Serve the app until `stop`; the "listening on" line once the port is bound."""
     async with serving(app, config.listen.host, config.listen.port) as port:
         # The one stdout line: the dev stack and the tests read the port from it.
         print(f"edge listening on http://{config.listen.url_host}:{port}", flush=True)
@@ -45,9 +74,12 @@ def main() -> int:
     except ConfigError as error:
         print(f"edge: bad configuration: {error}", file=sys.stderr)
         return 2
-    logs.configure(config.log_level)
+    logs.configure(config.log_level, log_format=config.log_format)
     try:
         asyncio.run(serve(config))
+    except ConfigError as error:  # found only when used: a metrics port already taken
+        print(f"edge: bad configuration: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         # asyncio's message names the address and the reason.
         print(f"edge: cannot start: {error.strerror or error}", file=sys.stderr)

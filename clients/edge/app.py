@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
@@ -19,6 +21,7 @@ from clients._bearer import bearer_token
 from clients._errors import (
     BadRequest,
     InternalError,
+    RateLimited,
     ServiceUnavailable,
     SessionInvalid,
     WxLoginError,
@@ -27,14 +30,19 @@ from clients._models import User
 from clients._upstream import UpstreamConfig
 from clients.client import Deadlines, RetryPolicy, WxLoginClient, is_request_id, open_channel
 from clients.edge.http_errors import MethodNotAllowed, NotFound, PayloadTooLarge
+from clients.edge.login_limit import LoginLimit
+from clients.edge.metrics import UNMATCHED, EdgeMetrics
 from clients.edge.redact import has_token
 from clients.http_errors import error_response
 from clients.session_cache import SessionCache
+from runtime import log_context
 
 log = logging.getLogger(__name__)
 
 UPSTREAM = web.AppKey("upstream", WxLoginClient)
 OPENAPI = web.AppKey("openapi", bytes)
+LOGIN_LIMIT = web.AppKey("login_limit", LoginLimit)
+METRICS = web.AppKey("metrics", EdgeMetrics)
 REQUEST_ID = web.RequestKey("request_id", str)
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -52,14 +60,22 @@ def init_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     session_cache_seconds: float = 0.0,
     security: UpstreamConfig | None = None,
+    login_limit: LoginLimit | None = None,
+    metrics: EdgeMetrics | None = None,
 ) -> web.Application:
     """The edge for a gRPC target (channel opened and closed with the app) or a shared channel.
 
     `security`: TLS for a channel the app opens, and the caller key sent on every call.
+    `login_limit`: POST /v1/login per client address (None: no bound).
+    `metrics`: where requests and upstream calls are counted (None: not measured).
     """
     app = web.Application(middlewares=[_envelope], client_max_size=max_body_bytes)
     app[OPENAPI] = resources.files(__package__).joinpath("openapi.json").read_bytes()
     app[REQUEST_IDS] = _RequestIds()
+    if login_limit is not None:
+        app[LOGIN_LIMIT] = login_limit
+    if metrics is not None:
+        app[METRICS] = metrics
     cache = SessionCache(session_cache_seconds) if session_cache_seconds > 0 else None
     app.cleanup_ctx.append(
         _upstream_client(upstream, deadlines, retry, cache, security or UpstreamConfig())
@@ -133,10 +149,37 @@ async def _envelope(request: web.Request, handler: Handler) -> web.StreamRespons
     if request_id is None or not is_request_id(request_id) or has_token(request_id):
         request_id = request.app[REQUEST_IDS]()
     request[REQUEST_ID] = request_id
-    response = await _answer_or_error(request, handler)
+    started = time.perf_counter()
+    # Every line logged while this request is handled names it (runtime/log_context.py).
+    call = log_context.begin(request_id)
+    try:
+        response = await _answer_or_error(request, handler)
+    finally:
+        log_context.end(call)
     response.headers[REQUEST_ID_HEADER] = request_id
     response.headers["Server"] = SERVER_HEADER
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        # The route's pattern, never the path sent: label values stay bounded.
+        resource = request.match_info.route.resource
+        route = UNMATCHED if resource is None else resource.canonical
+        metrics.request(route, response.status, time.perf_counter() - started)
     return response
+
+
+T = TypeVar("T")
+
+
+async def _timed(request: web.Request, rpc: str, call: Awaitable[T]) -> T:
+    """Await a call to wxlogin, timed for the metrics when they are on."""
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return await call
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        metrics.upstream(rpc, time.perf_counter() - started)
 
 
 async def _answer_or_error(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -170,12 +213,31 @@ async def _answer_or_error(request: web.Request, handler: Handler) -> web.Stream
 
 async def login(request: web.Request) -> web.Response:
     """POST /v1/login {code, app_id?} -> {token, expires_at, user, new_user}."""
+    limit = request.app.get(LOGIN_LIMIT)
+    # Before the body is read: a flood is turned away as cheaply as can be.
+    wait = 0.0 if limit is None else limit.wait(request)
+    if wait > 0:
+        return error_response(
+            RateLimited("too many logins from this address; retry later"),
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     body = await _json_object(request)
-    result = await request.app[UPSTREAM].login(
-        _text(body, "code", required=True),
-        app_id=_text(body, "app_id", required=False),
-        request_id=request[REQUEST_ID],
-    )
+    try:
+        result = await _timed(
+            request,
+            "Login",
+            request.app[UPSTREAM].login(
+                _text(body, "code", required=True),
+                app_id=_text(body, "app_id", required=False),
+                request_id=request[REQUEST_ID],
+            ),
+        )
+    except RateLimited as error:
+        # The service's own login bounds say when to come back; pass it on.
+        retry_after = error.metadata.get("retry_after_seconds")
+        if retry_after is None or not retry_after.isdigit():
+            raise
+        return error_response(error, headers={"Retry-After": retry_after})
     return web.json_response(
         {
             "token": result.token,
@@ -188,9 +250,17 @@ async def login(request: web.Request) -> web.Response:
 
 async def session(request: web.Request) -> web.Response:
     """GET /v1/session (bearer) -> {user, expires_at}."""
-    checked = await request.app[UPSTREAM].check_session(
-        _bearer(request), request_id=request[REQUEST_ID]
-    )
+    token = _bearer(request)
+    client = request.app[UPSTREAM]
+    # The edge's own cache first, here rather than only inside check_session, so
+    # that the upstream timing counts calls to wxlogin and not answers from memory.
+    checked = None if client.session_cache is None else client.session_cache.get(token)
+    if checked is None:
+        checked = await _timed(
+            request,
+            "CheckSession",
+            client.check_session(token, request_id=request[REQUEST_ID]),
+        )
     return web.json_response(
         {"user": _user(checked.user), "expires_at": _timestamp(checked.expires_at)}
     )
@@ -201,20 +271,28 @@ async def decrypt_user_data(request: web.Request) -> web.Response:
     token = _bearer(request)
     body = await _json_object(request)
     # WeChat's own field names, so a mini-program can forward wx.getUserProfile's result as is.
-    decrypted = await request.app[UPSTREAM].decrypt_user_data(
-        token,
-        _text(body, "encryptedData", required=True),
-        _text(body, "iv", required=True),
-        raw_data=_text(body, "rawData", required=False),
-        signature=_text(body, "signature", required=False),
-        request_id=request[REQUEST_ID],
+    decrypted = await _timed(
+        request,
+        "DecryptUserData",
+        request.app[UPSTREAM].decrypt_user_data(
+            token,
+            _text(body, "encryptedData", required=True),
+            _text(body, "iv", required=True),
+            raw_data=_text(body, "rawData", required=False),
+            signature=_text(body, "signature", required=False),
+            request_id=request[REQUEST_ID],
+        ),
     )
     return web.json_response({"data": decrypted.data})
 
 
 async def logout(request: web.Request) -> web.Response:
     """POST /v1/logout (bearer) -> 204; ends the session now."""
-    await request.app[UPSTREAM].revoke_session(_bearer(request), request_id=request[REQUEST_ID])
+    await _timed(
+        request,
+        "RevokeSession",
+        request.app[UPSTREAM].revoke_session(_bearer(request), request_id=request[REQUEST_ID]),
+    )
     return web.Response(status=204)
 
 

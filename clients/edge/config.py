@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from clients._upstream import UpstreamConfig
-from runtime.config import ConfigError, ListenAddress, parse_listen, parse_log_level
+from runtime.config import (
+    ConfigError,
+    ListenAddress,
+    parse_listen,
+    parse_log_format,
+    parse_log_level,
+    parse_optional_listen,
+)
 
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_UPSTREAM = "127.0.0.1:50051"
 # The service itself caches for 5 s; 2 s here bounds a revoke-elsewhere at 7 s in all.
 DEFAULT_SESSION_CACHE_SECONDS = 2.0
+# POST /v1/login per client address (clients/edge/login_limit.py). A person logs in
+# a few times a day; a carrier NAT can put many people behind one address.
+DEFAULT_LOGIN_RATE = 5.0
+DEFAULT_LOGIN_BURST = 30.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,15 @@ class EdgeConfig:
     session_cache_seconds: float = DEFAULT_SESSION_CACHE_SECONDS
     # WXLOGIN_UPSTREAM_CA/_CERT/_KEY and WXLOGIN_CALLER_KEY: TLS to wxlogin, and who we are.
     security: UpstreamConfig = field(default_factory=UpstreamConfig)
+    # WXLOGIN_EDGE_LOGIN_RATE (per second, 0 = off) and _BURST, per client address;
+    # WXLOGIN_EDGE_TRUSTED_PROXIES: whose X-Forwarded-For names the client.
+    login_rate: float = DEFAULT_LOGIN_RATE
+    login_burst: float = DEFAULT_LOGIN_BURST
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # WXLOGIN_EDGE_METRICS_LISTEN: Prometheus /metrics (clients/edge/metrics.py); None: off.
+    metrics_listen: ListenAddress | None = None
+    # WXLOGIN_LOG_FORMAT: text, or json (one object per line; runtime/logs.py).
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EdgeConfig:
@@ -39,7 +60,49 @@ class EdgeConfig:
                 "WXLOGIN_EDGE_SESSION_CACHE", env.get("WXLOGIN_EDGE_SESSION_CACHE")
             ),
             UpstreamConfig.from_env(env),
+            parse_positive(
+                "WXLOGIN_EDGE_LOGIN_RATE", env.get("WXLOGIN_EDGE_LOGIN_RATE"), DEFAULT_LOGIN_RATE
+            ),
+            parse_positive(
+                "WXLOGIN_EDGE_LOGIN_BURST",
+                env.get("WXLOGIN_EDGE_LOGIN_BURST"),
+                DEFAULT_LOGIN_BURST,
+                minimum=1,
+            ),
+            parse_networks("WXLOGIN_EDGE_TRUSTED_PROXIES", env.get("WXLOGIN_EDGE_TRUSTED_PROXIES")),
+            metrics_listen=parse_optional_listen(
+                "WXLOGIN_EDGE_METRICS_LISTEN", env.get("WXLOGIN_EDGE_METRICS_LISTEN")
+            ),
+            log_format=parse_log_format("WXLOGIN_LOG_FORMAT", env.get("WXLOGIN_LOG_FORMAT")),
         )
+
+
+def parse_positive(variable: str, value: str | None, default: float, minimum: float = 0) -> float:
+    """A number >= `minimum`; unset or empty means `default`."""
+    if value is None or not value.strip():
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(variable, f"expected a number, got {value!r}") from None
+    if not minimum <= number < float("inf"):
+        raise ConfigError(variable, f"must be >= {minimum:g}, got {value!r}")
+    return number
+
+
+def parse_networks(
+    variable: str, value: str | None
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated addresses or CIDR networks, e.g. `10.0.0.0/8, 127.0.0.1`."""
+    networks = []
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(variable, f"not an address or network: {item.strip()!r}") from None
+    return tuple(networks)
 
 
 def parse_target(variable: str, value: str | None) -> str:

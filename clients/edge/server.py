@@ -31,6 +31,7 @@ class AccessLogger(AbstractAccessLogger):
     """
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        request_id = response.headers.get("X-Request-Id", "-")
         self.logger.info(
             '%s "%s %s" %d %d %.1fms request_id=%s',
             request.remote or "-",
@@ -42,7 +43,10 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             response.body_length,
             time * 1000,
-            response.headers.get("X-Request-Id", "-"),
+            request_id,
+            # A field of its own in the JSON form; this line is written after the
+            # request's log context has ended.
+            extra={"request_id": request_id},
         )
 
 

@@ -26,15 +26,19 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
 from service.errors import WeChatError, WeChatUnavailable, WxLoginError
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
 
 log = logging.getLogger("service.wechat")
 
@@ -67,11 +71,15 @@ class HiddenResendRefused(aiohttp.ClientError):
 
 
 class _Retryable(Exception):
-    """An attempt failed in a way worth retrying; `ambiguous` if WeChat may have acted on it."""
+    """An attempt failed in a way worth retrying; `ambiguous` if WeChat may have acted on it.
 
-    def __init__(self, what: str, *, ambiguous: bool) -> None:
+    `kind` is what the metrics call it (their `errcode` label), one of a few fixed words.
+    """
+
+    def __init__(self, what: str, *, ambiguous: bool, kind: str) -> None:
         super().__init__(what)
         self.ambiguous = ambiguous
+        self.kind = kind
 
 
 # Set around each attempt: whether its one request has gone out. A ContextVar,
@@ -114,8 +122,10 @@ class WeChatHttp:
         total_timeout: float = 5.0,
         backoff: float = 0.1,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self._http = http
+        self._metrics = metrics
         self.base_url = base_url.rstrip("/")
         self._attempts = max(1, attempts)
         self._connect_timeout = connect_timeout
@@ -143,10 +153,14 @@ class WeChatHttp:
             remaining = self._total_timeout if deadline is None else deadline - loop.time()
             if remaining < _MIN_ATTEMPT_SECONDS:
                 break
+            started = time.perf_counter()
+            outcome: str | None = None  # the metrics' errcode label for this attempt
             try:
                 payload = await self._attempt(url, json_body, min(remaining, self._total_timeout))
+                outcome = _errcode_label(payload)
                 return _checked(endpoint, payload, ambiguous=ambiguous)
             except _Retryable as failure:
+                outcome = outcome or failure.kind
                 ambiguous = ambiguous or failure.ambiguous
                 last = str(failure)
                 log.warning(
@@ -157,6 +171,17 @@ class WeChatHttp:
                     app_id,
                     failure,
                 )
+            except WeChatError:
+                outcome = outcome or "http_4xx"  # not 200 and not 5xx (from _attempt)
+                raise
+            except asyncio.CancelledError:
+                outcome = outcome or "cancelled"
+                raise
+            finally:
+                if self._metrics is not None:
+                    self._metrics.wechat_request(
+                        endpoint.name, outcome or "error", time.perf_counter() - started
+                    )
             if attempt < self._attempts:
                 delay = random.uniform(0, self._backoff * 2 ** (attempt - 1))  # full jitter
                 if deadline is not None and loop.time() + delay + _MIN_ATTEMPT_SECONDS > deadline:
@@ -181,23 +206,49 @@ class WeChatHttp:
                 body = await response.read()
         except aiohttp.ClientConnectorError as error:
             # Never connected: WeChat saw nothing.
-            raise _Retryable(f"cannot connect ({type(error).__name__})", ambiguous=False) from None
-        except (TimeoutError, aiohttp.ClientError) as error:
-            raise _Retryable(f"network error ({type(error).__name__})", ambiguous=True) from None
+            raise _Retryable(
+                f"cannot connect ({type(error).__name__})", ambiguous=False, kind="network"
+            ) from None
+        except TimeoutError as error:
+            raise _Retryable(
+                f"network error ({type(error).__name__})", ambiguous=True, kind="timeout"
+            ) from None
+        except aiohttp.ClientError as error:
+            raise _Retryable(
+                f"network error ({type(error).__name__})", ambiguous=True, kind="network"
+            ) from None
         finally:
             _REQUEST_SENT.reset(token)
         if status >= 500:
-            raise _Retryable(f"HTTP {status}", ambiguous=True)
+            raise _Retryable(f"HTTP {status}", ambiguous=True, kind="http_5xx")
         if status != 200:
             raise WeChatError(f"WeChat answered HTTP {status}", http_status=str(status))
         # WeChat answers JSON as text/plain, so the content type is not trusted.
         try:
             payload: Any = json.loads(body)
         except ValueError:
-            raise _Retryable("response is not JSON", ambiguous=True) from None
+            raise _Retryable("response is not JSON", ambiguous=True, kind="bad_response") from None
         if not isinstance(payload, dict):
-            raise _Retryable("response is not a JSON object", ambiguous=True)
+            raise _Retryable("response is not a JSON object", ambiguous=True, kind="bad_response")
         return payload
+
+
+# WeChat's errcodes worth a series of their own (the metrics' errcode label); any
+# other becomes "other", so that a misbehaving upstream cannot mint label values.
+_COUNTED_ERRCODES = frozenset(
+    {
+        0, -1, 40001, 40013, 40014, 40029, 40125, 40163, 40226, 41002, 41004, 41008,
+        42001, 45009, 45011, 87009, 89002, *ACCESS_TOKEN_REJECTED,
+    }
+)  # fmt: skip
+
+
+def _errcode_label(payload: dict[str, Any]) -> str:
+    """The errcode of an answer as a bounded label value: the number, or "other"."""
+    errcode = payload.get("errcode", 0)
+    if isinstance(errcode, int) and not isinstance(errcode, bool) and errcode in _COUNTED_ERRCODES:
+        return str(errcode)
+    return "other"
 
 
 def _checked(endpoint: Endpoint, payload: dict[str, Any], *, ambiguous: bool) -> dict[str, Any]:
@@ -208,7 +259,7 @@ def _checked(endpoint: Endpoint, payload: dict[str, Any], *, ambiguous: bool) ->
     if errcode == 0:
         return payload
     if errcode == SYSTEM_BUSY:
-        raise _Retryable("errcode -1 (system busy)", ambiguous=True)
+        raise _Retryable("errcode -1 (system busy)", ambiguous=True, kind="-1")
     if errcode == endpoint.spent_errcode and ambiguous:
         # An earlier attempt may have spent the code at WeChat before failing;
         # "code used" would blame the user for our retry.
