@@ -6,7 +6,8 @@ what its errcodes mean (`Endpoint`); this module decides how a call is made:
 - Retried: errcode -1 ("system busy"), HTTP 5xx, network errors, a body that
   is not JSON. Never any other errcode. At most `attempts` attempts, full-jitter
   backoff, and never past the caller's deadline (each attempt's timeout is the
-  smaller of the per-call timeout and the time left).
+  smaller of the per-call timeout and the time left less a margin, so the
+  caller hears WECHAT_UNAVAILABLE, never a bare DEADLINE_EXCEEDED).
 - One attempt is one HTTP request. aiohttp silently re-sends an idempotent
   request once when a pooled keep-alive connection turns out closed (RFC 9112
   9.3.1); for a single-use WeChat code that hidden resend spends the code a
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
+from service.deadlines import budget
 from service.errors import WeChatError, WeChatUnavailable, WxLoginError
 
 if TYPE_CHECKING:
@@ -146,11 +148,13 @@ class WeChatHttp:
 
         `deadline` is an absolute loop.time(), or None for the per-call timeout alone.
         """
-        loop = asyncio.get_running_loop()
         ambiguous = False
         last = "no attempt"
         for attempt in range(1, self._attempts + 1):
-            remaining = self._total_timeout if deadline is None else deadline - loop.time()
+            # The time left minus a margin for the answer's way back
+            # (service/deadlines.py): we say WECHAT_UNAVAILABLE while the caller
+            # still listens, instead of letting it see DEADLINE_EXCEEDED.
+            remaining = budget(deadline, default=self._total_timeout)
             if remaining < _MIN_ATTEMPT_SECONDS:
                 break
             started = time.perf_counter()
@@ -184,7 +188,7 @@ class WeChatHttp:
                     )
             if attempt < self._attempts:
                 delay = random.uniform(0, self._backoff * 2 ** (attempt - 1))  # full jitter
-                if deadline is not None and loop.time() + delay + _MIN_ATTEMPT_SECONDS > deadline:
+                if budget(deadline, default=float("inf")) < delay + _MIN_ATTEMPT_SECONDS:
                     break
                 await self._sleep(delay)
         raise WeChatUnavailable(f"WeChat did not answer usefully ({last})")
