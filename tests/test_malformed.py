@@ -380,11 +380,16 @@ async def test_access_log_never_carries_a_token_from_the_url_or_request_id(
 
 
 async def test_server_header_names_no_versions(edge_port: int) -> None:
-    """The edge's answers say Server: wxlogin-edge, not aiohttp's and Python's versions."""
-    for path in (b"/healthz", b"/no-such-route", b"/v1/session"):
-        response = await send_raw(
+    """Every answer, aiohttp's own 400s included, says Server: wxlogin-edge, no versions."""
+    answers = [
+        await send_raw(
             edge_port, request(b"GET " + path + b" HTTP/1.1", b"Connection: close\r\n")
         )
+        for path in (b"/healthz", b"/no-such-route", b"/v1/session")
+    ]
+    # HTTP that does not parse is answered by aiohttp itself, before any app code.
+    answers.append(await send_raw(edge_port, b"FOO /v1/login HTTP/1.1\r\n\r\n"))
+    for response in answers:
         head = response.split(b"\r\n\r\n", 1)[0].lower()
         assert b"\r\nserver: wxlogin-edge" in head, head
         assert b"aiohttp" not in head

@@ -7,12 +7,13 @@ import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from clients.edge.app import SERVER_HEADER
 from clients.edge.redact import loggable
 from runtime.ratelimited_log import RateLimitedLog
 
@@ -117,6 +118,11 @@ async def serving(
     app: web.Application, host: str, port: int, *, shutdown_grace: float = SHUTDOWN_GRACE
 ) -> AsyncIterator[int]:
     """Serve `app` on host:port (0 = a free port) and yield the bound port; stop gracefully."""
+    # aiohttp answers HTTP that does not parse itself, before any app code or
+    # hook, and names Python's and its own version in that answer's Server
+    # header; its one setting for that header is this module constant, read at
+    # every answer. The edge process serves nothing else, so it is set here.
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]  # imported there
     runner = web.AppRunner(
         app, access_log_class=AccessLogger, shutdown_timeout=shutdown_grace, handle_signals=False
     )
