@@ -32,6 +32,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clients import TlsConfig, UpstreamConfig, open_channel
 from devtools.children import Child, ChildError
 from devtools.replica_set import ReplicaSet
 from runtime.config import ConfigError
@@ -49,7 +50,14 @@ REPLICAS_VARIABLE = "WXLOGIN_DEV_MONGO_REPLICAS"
 # The dev stack's callers and what each may call (every app). The edge gets just
 # the RPCs it forwards; a backend checks sessions and decrypts; the demo shows all.
 DEV_CALLERS: Mapping[str, tuple[str, ...]] = {
-    "edge": ("Login", "CheckSession", "DecryptUserData", "RevokeSession"),
+    "edge": (
+        "Login",
+        "CheckSession",
+        "DecryptUserData",
+        "RevokeSession",
+        "RevokeAllSessions",
+        "GetPhoneNumber",
+    ),
     "backend": ("CheckSession", "DecryptUserData", "RevokeSession"),
     "demo": ("*",),
 }
@@ -215,7 +223,9 @@ class DevStack:
             port = await self._spawn(f"service-{number + 1}", ["service"], env)
             listen = f"{listen.rpartition(':')[0]}:{port}"  # the others share the port
         self.grpc_target = listen
-        await _wait_serving(self.grpc_target)
+        # The same TLS trust the edge gets (WXLOGIN_UPSTREAM_CA/_CERT/_KEY): a
+        # service started with WXLOGIN_TLS_* answers no plaintext health check.
+        await _wait_serving(self.grpc_target, UpstreamConfig.from_env(env).tls)
 
         if self._with_edge:
             env.update(WXLOGIN_HTTP_LISTEN=self._http_listen, WXLOGIN_UPSTREAM=self.grpc_target)
@@ -295,11 +305,13 @@ def _edge_installed() -> bool:
         return False
 
 
-async def _wait_serving(target: str, wait_seconds: float = 30.0) -> None:
+async def _wait_serving(
+    target: str, tls: TlsConfig | None = None, wait_seconds: float = 30.0
+) -> None:
     """Until the gRPC health service says SERVING (MongoDB answers)."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + wait_seconds
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target, tls=tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             with contextlib.suppress(grpc.aio.AioRpcError):

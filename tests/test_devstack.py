@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from devtools.devstack import DEV_APP
+from tests.pki import CertificateAuthority
 from tests.support import error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
@@ -217,3 +218,24 @@ async def test_dev_stack_rejects_a_bad_replica_count(tmp_path: Path, replicas: s
     assert lines[0].startswith("devstack: WXLOGIN_DEV_MONGO_REPLICAS:")
     assert repr(replicas) in lines[0]
     assert not (tmp_path / "data").exists()
+
+
+async def test_dev_stack_runs_the_service_over_tls(tmp_path: Path) -> None:
+    """WXLOGIN_TLS_* for the service and WXLOGIN_UPSTREAM_CA for the edge: the stack comes up."""
+    authority = CertificateAuthority(tmp_path / "pki")
+    server = authority.server()
+    tls = {
+        "WXLOGIN_TLS_CERT": str(server.cert_file),
+        "WXLOGIN_TLS_KEY": str(server.key_file),
+        "WXLOGIN_UPSTREAM_CA": str(authority.cert_file),
+    }
+    async with _dev_stack(tmp_path, **tls) as (process, banner):
+        edge = re.search(r"HTTP edge\s+(http://\S+)", banner)
+        assert edge
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(edge.group(1) + "/readyz") as ready,
+        ):
+            assert ready.status == 200  # the edge reaches the service over TLS
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
