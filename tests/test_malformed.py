@@ -382,9 +382,7 @@ async def test_access_log_never_carries_a_token_from_the_url_or_request_id(
 async def test_server_header_names_no_versions(edge_port: int) -> None:
     """Every answer, aiohttp's own 400s included, says Server: wxlogin-edge, no versions."""
     answers = [
-        await send_raw(
-            edge_port, request(b"GET " + path + b" HTTP/1.1", b"Connection: close\r\n")
-        )
+        await send_raw(edge_port, request(b"GET " + path + b" HTTP/1.1", b"Connection: close\r\n"))
         for path in (b"/healthz", b"/no-such-route", b"/v1/session")
     ]
     # HTTP that does not parse is answered by aiohttp itself, before any app code.
