@@ -55,7 +55,6 @@ DEV_CALLERS: Mapping[str, tuple[str, ...]] = {
         "CheckSession",
         "DecryptUserData",
         "RevokeSession",
-        "RevokeAllSessions",
         "GetPhoneNumber",
     ),
     "backend": ("CheckSession", "DecryptUserData", "RevokeSession"),
