@@ -25,6 +25,8 @@ AUTH = "/wxlogin.v1.AuthService/"
 # Login codes are minted for users drawn from this pool, so after the first few
 # thousand logins most are returning users, as in a real app.
 LOGIN_USERS = 1000
+# The user whose phone codes GetPhoneNumber exchanges (set up with a phone number).
+PHONE_USER = "bench-phone"
 
 
 class Emulator:
@@ -58,6 +60,23 @@ class Emulator:
 
         return list(await asyncio.gather(*(one(first + i) for i in range(count))))
 
+    async def phone_user(self) -> None:
+        """Set up PHONE_USER with a phone number, so phone codes can be minted for it."""
+        await self._post(
+            "/_dev/users", {"appid": DEV_APP, "user": PHONE_USER, "phone": "13800138000"}
+        )
+
+    async def phone_codes(self, count: int, concurrency: int = 32) -> list[str]:
+        """`count` fresh getPhoneNumber codes for PHONE_USER (see `phone_user`)."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one() -> str:
+            async with gate:
+                body = {"appid": DEV_APP, "user": PHONE_USER}
+                return (await self._post("/_dev/phone-code", body))["code"]
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
     async def user_data(self, user: str) -> dict[str, str]:
         """encryptedData, iv, rawData and signature under the user's current session_key."""
         return await self._post("/_dev/user-data", {"appid": DEV_APP, "user": user})
@@ -66,6 +85,11 @@ class Emulator:
 def login_request(code: str) -> bytes:
     """A LoginRequest for `code`, as protobuf bytes."""
     return auth_pb2.LoginRequest(app_id=DEV_APP, code=code).SerializeToString()
+
+
+def phone_request(token: str, code: str) -> bytes:
+    """A GetPhoneNumberRequest for the session `token` and a phone code, as protobuf bytes."""
+    return auth_pb2.GetPhoneNumberRequest(token=token, phone_code=code).SerializeToString()
 
 
 def login_json(code: str) -> bytes:
@@ -139,13 +163,23 @@ async def prepare(
             signature=bundle["signature"],
         ).SerializeToString()
 
+        # Served from memory once wxlogin holds the app's token: the first call fetches it.
+        access_token = auth_pb2.GetAccessTokenRequest(app_id=DEV_APP).SerializeToString()
+
         for key, method, request in (
             ("check_valid", "CheckSession", check),
             ("check_unknown", "CheckSession", unknown),
             ("decrypt", "DecryptUserData", decrypt),
+            ("access_token", "GetAccessToken", access_token),
         ):
             fixtures.grpc_requests[key] = request
             fixtures.canned_grpc[key] = await _capture(channel, method, request)
+
+        await emulator.phone_user()
+        (phone_code,) = await emulator.phone_codes(1)
+        fixtures.canned_grpc["phone_number"] = await _capture(
+            channel, "GetPhoneNumber", phone_request(fixtures.token, phone_code)
+        )
 
     if edge_url:
         headers = {"Authorization": f"Bearer {fixtures.token}"}

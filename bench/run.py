@@ -87,6 +87,7 @@ async def _scenarios(
         ("check_valid", "CheckSession, valid token", "CheckSession", Expect()),
         ("check_unknown", "CheckSession, unknown token", "CheckSession", scenarios.UNKNOWN),
         ("decrypt", "DecryptUserData", "DecryptUserData", Expect()),
+        ("access_token", "GetAccessToken, from memory", "GetAccessToken", Expect()),
     ):
         done.append(
             await scenarios.grpc_fixed(
@@ -101,6 +102,16 @@ async def _scenarios(
             )
         )
     done.append(await scenarios.grpc_login(rig, emulator, budget, target=target, bare=bare_grpc))
+    done.append(
+        await scenarios.grpc_phone_number(
+            rig,
+            emulator,
+            scenarios.CodeBudget(),
+            token=fixtures.token,
+            target=target,
+            bare=bare_grpc,
+        )
+    )
     if stack.edge_url:
         bare = f"http://{bare_http}"
         done.append(

@@ -8,6 +8,8 @@
 | check_metrics | h2load, one CheckSession body           | service(+) | bare grpc.aio |
 | decrypt       | h2load, one DecryptUserData body        | service    | bare grpc.aio |
 | login         | bench.driver, one fresh code per call   | service    | bare grpc.aio |
+| access_token  | h2load, one GetAccessToken body         | service    | bare grpc.aio |
+| phone_number  | bench.driver, one fresh phone code/call | service    | bare grpc.aio |
 | edge_session  | wrk, GET /v1/session with a bearer      | edge       | bare aiohttp  |
 | edge_login    | wrk + Lua, one fresh code per request   | edge       | bare aiohttp  |
 
@@ -32,7 +34,7 @@ from bench import loadgen, procstat
 from bench.baselines import grpc_path
 from bench.check import CheckResult, Expect, grpc_sample, http_sample
 from bench.driver import write_bodies
-from bench.fixtures import AUTH, Emulator, login_json, login_request
+from bench.fixtures import AUTH, Emulator, login_json, login_request, phone_request
 from bench.grpc_body import frame
 from bench.loadgen import LoadResult
 from bench.profile import profile_process
@@ -231,6 +233,75 @@ async def grpc_login(
     entry["driver_ceiling_rps"] = round(ceiling.rps, 1)
     rig.log(f"  login          bench.driver against the bare server: {ceiling.rps:9.1f} req/s")
     return entry
+
+
+async def grpc_phone_number(
+    rig: Rig, emulator: Emulator, budget: CodeBudget, *, token: str, target: str, bare: str
+) -> dict[str, Any]:
+    """GetPhoneNumber with a fresh phone code per call: WeChat-bound like Login (bench.driver).
+
+    Each call checks the session (from memory), takes the app's access_token (from
+    memory) and exchanges the code at the emulator; nothing is written to MongoDB.
+    """
+    plan = rig.plan
+    bodies = rig.workdir / "phone.bodies"
+
+    async def mint() -> None:
+        codes = await emulator.phone_codes(budget.codes(plan.warmup + plan.duration))
+        write_bodies(bodies, [phone_request(token, code) for code in codes])
+
+    async def drive() -> LoadResult:
+        result = await loadgen.driver(
+            target,
+            AUTH + "GetPhoneNumber",
+            bodies,
+            channels=plan.clients,
+            streams=plan.streams,
+            duration=plan.duration,
+            warmup=plan.warmup,
+            cpus=rig.cores.load,
+        )
+        budget.learn(result)
+        return result
+
+    async def subject() -> LoadResult:
+        await mint()  # outside the measured window, as for Login
+        return await drive()
+
+    async def check() -> CheckResult:
+        requests = [phone_request(token, code) for code in await emulator.phone_codes(plan.samples)]
+        return await grpc_sample(
+            target, AUTH + "GetPhoneNumber", requests, Expect(), samples=plan.samples
+        )
+
+    placeholder = phone_request(token, "placeholder-the-bare-server-never-reads")
+
+    async def baseline_check() -> CheckResult:
+        return await grpc_sample(
+            bare, grpc_path("phone_number"), [placeholder], Expect(), samples=plan.samples // 4
+        )
+
+    if plan.profile:
+        await mint()
+        await profile(rig, "phone_number", drive)
+    return await rig.compare(
+        key="phone_number",
+        title="GetPhoneNumber, fresh phone codes",
+        driven_by=(
+            f"bench.driver {plan.clients} conn x {plan.streams} streams, a fresh phone code per "
+            "call; baseline: h2load"
+        ),
+        subject=subject,
+        subject_processes=["service-1", "emulator"],
+        baseline=h2load(
+            rig,
+            f"http://{bare}{grpc_path('phone_number')}",
+            body_file(rig, "phone_number", placeholder),
+        ),
+        baseline_process="bare-grpc",
+        check=check,
+        baseline_check=baseline_check,
+    )
 
 
 def wrk_warm_then_measure(rig: Rig, url: str, **options: Any) -> Runner:

@@ -78,6 +78,19 @@ TARGETS = (
     Target("decrypt_ratio", "DecryptUserData >= 0.50 x bare grpc.aio", _ratio("decrypt"), 0.50),
     Target("login_ratio", "Login >= 0.30 x bare grpc.aio", _ratio("login"), 0.30),
     Target(
+        "access_token_ratio",
+        "GetAccessToken (from memory) >= 0.80 x bare grpc.aio",
+        _ratio("access_token"),
+        0.80,
+    ),
+    # WeChat-bound like Login, so Login's yardstick (issue 11 names no number).
+    Target(
+        "phone_number_ratio",
+        "GetPhoneNumber >= 0.30 x bare grpc.aio",
+        _ratio("phone_number"),
+        0.30,
+    ),
+    Target(
         "edge_session_ratio",
         "edge GET /v1/session >= 0.40 x bare aiohttp",
         _ratio("edge_session"),

@@ -9,12 +9,17 @@ from typing import Any
 
 @dataclass(frozen=True)
 class User:
-    """A user of one mini-program; `unionid` is None when WeChat gave none."""
+    """A user of one mini-program; `unionid` is None when WeChat gave none.
+
+    `account_id` is the same for every user of wxlogin's apps with the same
+    unionid (one person across apps); `user_id` while there is no unionid.
+    """
 
     user_id: str
     app_id: str
     openid: str
     unionid: str | None = None
+    account_id: str = ""
 
 
 @dataclass(frozen=True)

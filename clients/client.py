@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients._errors import DeadlineExceeded, WxLoginError, from_rpc_error
+from clients._errors import DeadlineExceeded, ServiceUnavailable, WxLoginError, from_rpc_error
 from clients._models import AccessToken, LoginResult, PhoneNumber, Session, User, UserData
 from clients._upstream import CALLER_KEY_METADATA, TlsConfig, is_caller_key
 from clients.session_cache import SessionCache
@@ -39,6 +39,8 @@ DEFAULT_CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.keepalive_time_ms", 30_000),
 )
 
+# Login is retried only when wxlogin's answer never came (see WxLoginClient).
+_ANSWER_LOST = frozenset({ServiceUnavailable.default_reason})
 # Doubles carry integers exactly up to 2**53; see _plain_numbers.
 _EXACT_INT_LIMIT = 2**53
 # An access_token is used from memory until this long before its expires_at (at
@@ -56,6 +58,7 @@ class Deadlines:
     check_session: float = 2.0
     decrypt_user_data: float = 5.0
     revoke_session: float = 5.0
+    revoke_all_sessions: float = 5.0
     health: float = 1.0
     # These wait on WeChat (GetAccessToken only when wxlogin has no token yet).
     get_phone_number: float = 10.0
@@ -104,9 +107,11 @@ class WxLoginClient:
     """Calls wxlogin.v1.AuthService over a channel the caller owns (see `connect`).
 
     Every call has a deadline (`Deadlines`). Only calls that are safe to repeat
-    are retried, and only on UNAVAILABLE: check_session, decrypt_user_data and
-    revoke_session. Login never is: WeChat's code is single-use, so a second try
-    could only fail with CODE_USED, or log the user in twice.
+    are retried, and only on UNAVAILABLE: check_session, decrypt_user_data,
+    revoke_session and revoke_all_sessions. Login only when wxlogin's answer never
+    arrived (ServiceUnavailable: unreachable, or the answer lost on the way):
+    wxlogin keeps a code's answer, so the same code again gets the same session.
+    On WECHAT_UNAVAILABLE and the like, retrying would only multiply WeChat's load.
 
     `caller_key` is sent with every call as metadata x-wxlogin-caller-key: how
     this backend proves who it is when wxlogin has a callers file (or use an
@@ -149,8 +154,9 @@ class WxLoginClient:
             self._stub.Login,
             auth_pb2.LoginRequest(app_id=app_id, code=code),
             budget=self.deadlines.login,
-            idempotent=False,
+            idempotent=True,
             request_id=request_id,
+            retry_only=_ANSWER_LOST,
         )
         return LoginResult(
             token=reply.token,
@@ -223,6 +229,40 @@ class WxLoginClient:
             idempotent=True,
             request_id=request_id,
         )
+
+    async def revoke_all_sessions(
+        self, token: str = "", *, user_id: str = "", request_id: str | None = None
+    ) -> int:
+        """Log a user out everywhere; how many live sessions ended. Give exactly one of the two.
+
+        `token`: one of the user's tokens, which must be live (a dead one ends
+        nothing: 0). `user_id`: any user, for a backend granted
+        "RevokeAllSessions:user_id" in wxlogin's callers file (CallerForbidden
+        otherwise). Safe to retry: the second time there is nothing left to end.
+        This client's session cache forgets the user; other processes' caches
+        (the edge's, other backends') keep serving the user's other tokens for
+        their `max_age` at most.
+        """
+        if bool(token) == bool(user_id):
+            raise ValueError("give exactly one of token and user_id")
+        request = (
+            auth_pb2.RevokeAllSessionsRequest(token=token)
+            if token
+            else auth_pb2.RevokeAllSessionsRequest(user_id=user_id)
+        )
+        reply = await self._call(
+            self._stub.RevokeAllSessions,
+            request,
+            budget=self.deadlines.revoke_all_sessions,
+            idempotent=True,
+            request_id=request_id,
+        )
+        if self.session_cache is not None:
+            cached = self.session_cache.get(token) if token else None
+            self.session_cache.drop_user(cached.user.user_id if cached else user_id)
+            if token:
+                self.session_cache.drop(token)
+        return int(reply.revoked)
 
     async def get_phone_number(
         self, token: str, phone_code: str, *, request_id: str | None = None
@@ -330,6 +370,7 @@ class WxLoginClient:
         budget: float,
         idempotent: bool,
         request_id: str | None,
+        retry_only: frozenset[str] | None = None,
     ) -> Resp:
         loop = asyncio.get_running_loop()
         # The deadline covers the whole call, retries and pauses included.
@@ -347,6 +388,8 @@ class WxLoginClient:
                 error: WxLoginError = from_rpc_error(failure)
                 cause = failure
             retryable = idempotent and error.code is grpc.StatusCode.UNAVAILABLE
+            if retry_only is not None:
+                retryable = retryable and error.reason in retry_only
             if not retryable or attempt >= self.retry.attempts:
                 raise error from cause
             pause = self.retry.backoff(attempt)
@@ -384,7 +427,12 @@ async def connect(
 
 def _user(user: auth_pb2.User) -> User:
     return User(
-        user_id=user.user_id, app_id=user.app_id, openid=user.openid, unionid=user.unionid or None
+        user_id=user.user_id,
+        app_id=user.app_id,
+        openid=user.openid,
+        unionid=user.unionid or None,
+        # A wxlogin without linked accounts sends none: the user is its own account.
+        account_id=user.account_id or user.user_id,
     )
 
 

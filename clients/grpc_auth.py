@@ -8,6 +8,7 @@ async def SomeRpc(self, request, context):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -18,9 +19,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from clients._bearer import bearer_token
-from clients._errors import DOMAIN, SessionInvalid, WxLoginError
+from clients._errors import DOMAIN, CallerError, InternalError, SessionInvalid, WxLoginError
 from clients._models import User
 from clients.client import WxLoginClient
+
+log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -86,6 +89,11 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
             session = await self._client.check_session(
                 token, request_id=request_id if isinstance(request_id, str) else None
             )
+        except CallerError as error:
+            # wxlogin refused this backend, not the user: passing CALLER_* on would
+            # tell our own callers to log in again. Ours to fix; the log says why.
+            log.error("wxlogin refused this backend's caller credentials: %s", error.reason)
+            return _rejecting(handler, InternalError("this service cannot check sessions now"))
         except WxLoginError as error:
             return _rejecting(handler, error)
         # grpc.aio runs the interceptor and the handler in the RPC's own task,

@@ -69,5 +69,15 @@ class SessionCache:
         """Forget a token (revoked through this client)."""
         self._entries.pop(self._key(token), None)
 
+    def drop_user(self, user_id: str) -> None:
+        """Forget every token of a user (logged out everywhere through this client)."""
+        if not user_id:
+            return
+        gone = [
+            key for key, (_, session) in self._entries.items() if session.user.user_id == user_id
+        ]
+        for key in gone:
+            del self._entries[key]
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -22,15 +22,20 @@ from typing import Any
 
 import aiohttp
 
-from devtools.devstack import DEV_APP, DevStack
+from devtools.devstack import DEV_APP, DEV_APPS, DevStack
 
 DEFAULT_EDGE = "http://127.0.0.1:8080"
 DEFAULT_EMULATOR = "http://127.0.0.1:9090"
-# Short enough to watch a session expire, long enough for the steps before it.
-OWN_STACK_SESSION_TTL = 3
+# Short enough to watch a session expire, long enough for the steps before it
+# (the first token is used until the logout step, after the phone number's).
+OWN_STACK_SESSION_TTL = 5
+# Few, so that the cap step needs few logins.
+OWN_STACK_MAX_SESSIONS = 3
 # Against a running stack with longer sessions the expiry step is explained, not awaited.
 MAX_EXPIRY_WAIT = 10.0
 USER = "demo-alice"
+# The person of the linked-accounts step, a user of both dev apps.
+LINKED_USER = "demo-bob"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Stack:
     emulator_url: str
     app_id: str
     description: str
+    # WXLOGIN_MAX_SESSIONS_PER_USER of the stack (a running one: the default is assumed).
+    max_sessions: int = 10
 
 
 class DemoFailed(Exception):
@@ -109,8 +116,16 @@ class Walkthrough:
         self.say("Every later request carries the token; backends check it with CheckSession")
         await self._expect(200, "GET", "/v1/session", token=token)
 
-        self.say("The same code again: WeChat codes are single-use")
-        await self._expect(401, "POST", "/v1/login", body={"code": code, "app_id": stack.app_id})
+        self.say("The same code again (the answer was lost, the mini-program retried)")
+        print("    WeChat codes are single-use, but wxlogin keeps the answer (sealed) for the")
+        print(
+            "    code's 5 minutes: the retry gets the same session, and WeChat is not asked again."
+        )
+        again = await self._expect(
+            200, "POST", "/v1/login", body={"code": code, "app_id": stack.app_id}
+        )
+        if again["token"] != token:
+            raise DemoFailed("the same code gave another token")
 
         self.say(
             "wx.getUserProfile() gives encryptedData; wxlogin decrypts it with the session_key"
@@ -123,12 +138,126 @@ class Walkthrough:
         print(f"    <- encryptedData {bundle['encryptedData'][:24]}... iv, rawData, signature")
         await self._expect(200, "POST", "/v1/user-data/decrypt", body=bundle, token=token)
 
+        self.say(
+            "wx.login() runs again (a pre-fetch, another page): WeChat replaces the session_key"
+        )
+        await self._send(
+            "POST",
+            f"{stack.emulator_url}/_dev/login",
+            body={"appid": stack.app_id, "user": USER},
+        )
+        print("    <- a code the mini-program never sends: wxlogin still holds the old key")
+        bundle = await self._user_data("Alice again")
+        print("    Data fetched now is encrypted under the new key; wxlogin asks WeChat")
+        print("    (wxa/checksession) whether its key is still current, and says what to do:")
+        await self._expect(400, "POST", "/v1/user-data/decrypt", body=bundle, token=token)
+
+        self.say("The recovery, and the pattern that never fails: code first, then encryptedData")
+        fresh = await self._code()
+        print(f"    <- wx.login() code {fresh[:12]}..., then the data, then both together")
+        bundle = await self._user_data("Alice, fresh")
+        await self._expect(
+            200, "POST", "/v1/user-data/decrypt", body={**bundle, "code": fresh}, token=token
+        )
+
+        self.say("The getPhoneNumber button hands the mini-program a code for the phone number")
+        await self._send(
+            "POST",
+            f"{stack.emulator_url}/_dev/users",
+            body={"appid": stack.app_id, "user": USER, "phone": "13800138000"},
+        )
+        _, minted = await self._send(
+            "POST",
+            f"{stack.emulator_url}/_dev/phone-code",
+            body={"appid": stack.app_id, "user": USER},
+        )
+        print("    wxlogin exchanges it with the app's shared access_token (and stores nothing):")
+        await self._expect(
+            200, "POST", "/v1/phone-number", body={"code": minted["code"]}, token=token
+        )
+
         self.say("An invalid token: 401 SESSION_INVALID tells the mini-program to log in again")
         await self._expect(401, "GET", "/v1/session", token="wxl1_" + "x" * 43)
 
         self.say("Log out, then the same token is dead")
         await self._expect(204, "POST", "/v1/logout", token=token)
         await self._expect(401, "GET", "/v1/session", token=token)
+
+        self.say("Log out everywhere: the phone and the tablet were both logged in")
+        devices = [
+            await self._expect(
+                200,
+                "POST",
+                "/v1/login",
+                body={"code": await self._code(), "app_id": stack.app_id},
+            )
+            for _ in ("phone", "tablet")
+        ]
+        await self._expect(200, "POST", "/v1/logout", body={"all": True}, token=devices[0]["token"])
+        print("    The tablet's token is dead too:")
+        await self._expect(401, "GET", "/v1/session", token=devices[1]["token"])
+        print(
+            "    With several service processes on a replica set, each drops revoked sessions"
+            "\n    from its cache within milliseconds (a change stream on the deletions); on one"
+            "\n    mongod, as here, another process's cache may answer for up to 5 s."
+        )
+
+        cap = stack.max_sessions
+        self.say(f"At most {cap} live sessions per user: one more login ends the oldest")
+        tokens = []
+        for _ in range(cap + 1):
+            body = {"code": await self._code(), "app_id": stack.app_id}
+            async with self._http.post(f"{stack.edge_url}/v1/login", json=body) as response:
+                tokens.append((await response.json())["token"])
+        print(
+            f"    ({cap + 1} logins of {USER}: {_short(tokens[0])} first,"
+            f" {_short(tokens[-1])} last)"
+        )
+        print("    The first one was ended to make room (WXLOGIN_MAX_SESSIONS_PER_USER):")
+        await self._expect(401, "GET", "/v1/session", token=tokens[0])
+        await self._expect(200, "GET", "/v1/session", token=tokens[-1])
+
+        other_app = _other_dev_app(stack.app_id)
+        self.say("Linked accounts: one person in two mini-programs, one account_id")
+        if other_app is None:
+            print("    (needs the dev stack's two apps; this stack's other app is unknown)")
+        else:
+            print("    Both apps are bound to one WeChat Open Platform account, so WeChat sends")
+            print("    the same unionid for the person in each: wxlogin links them.")
+            accounts = []
+            for app in (stack.app_id, other_app):
+                await self._send(
+                    "POST",
+                    f"{stack.emulator_url}/_dev/users",
+                    body={"appid": app, "user": LINKED_USER, "unionid": True},
+                )
+                body = {"code": await self._code(app, LINKED_USER), "app_id": app}
+                answer = await self._expect(200, "POST", "/v1/login", body=body)
+                accounts.append(answer["user"]["account_id"])
+            if accounts[0] != accounts[1]:
+                raise DemoFailed("the two apps' users of one unionid have two account_ids")
+            print(f"    Two user_ids, one account_id {accounts[0]!r}.")
+
+        self.say("Sliding expiry: a session in use is renewed (same token, later expires_at)")
+        used = await self._expect(
+            200, "POST", "/v1/login", body={"code": await self._code(), "app_id": stack.app_id}
+        )
+        until = _instant(used["expires_at"])
+        idle = (until - datetime.now(UTC)).total_seconds()
+        if idle / 2 > MAX_EXPIRY_WAIT:
+            print(
+                "    WXLOGIN_SESSION_TTL is the idle lifetime: a check past half of it restarts it,"
+                "\n    up to WXLOGIN_SESSION_MAX_TTL after the login. This stack's is too long to"
+                " wait for."
+            )
+        else:
+            wait = idle / 2 + 0.3
+            print(f"    (waiting {wait:.1f} s: past half of the {idle:.0f}-second idle lifetime)")
+            await asyncio.sleep(wait)
+            checked = await self._expect(200, "GET", "/v1/session", token=used["token"])
+            if _instant(checked["expires_at"]) <= until:
+                raise DemoFailed("a check past half the idle lifetime did not renew the session")
+            print(f"    expires_at moved from {used['expires_at']} to {checked['expires_at']}")
 
         self.say("An expired token: 401 SESSION_EXPIRED")
         second = await self._expect(
@@ -153,12 +282,31 @@ class Walkthrough:
             "\nThat is wxlogin: codes in, opaque tokens out, sessions and decryption in one place."
         )
 
-    async def _code(self) -> str:
+    async def _user_data(self, nick_name: str) -> dict[str, Any]:
+        """What an API such as wx.getUserProfile gives: encrypted under the current key."""
+        body = {"appid": self._stack.app_id, "user": USER, "data": {"nickName": nick_name}}
+        async with self._http.post(f"{self._stack.emulator_url}/_dev/user-data", json=body) as r:
+            bundle: dict[str, Any] = await r.json()
+        print(f"    <- encryptedData {bundle['encryptedData'][:24]}... ({nick_name!r})")
+        return bundle
+
+    async def _code(self, app_id: str = "", user: str = USER) -> str:
         async with self._http.post(
             f"{self._stack.emulator_url}/_dev/login",
-            json={"appid": self._stack.app_id, "user": USER},
+            json={"appid": app_id or self._stack.app_id, "user": user},
         ) as response:
             return str((await response.json())["code"])
+
+
+def _other_dev_app(app_id: str) -> str | None:
+    """The dev stack's other app, when `app_id` is one of its two."""
+    apps = [pair.split(":", 1)[0] for pair in DEV_APPS.split(",")]
+    return next((app for app in apps if app != app_id), None) if app_id in apps else None
+
+
+def _instant(stamp: str) -> datetime:
+    """An RFC 3339 time as the edge writes it (2025-01-31T08:00:00.000Z)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _short(token: str) -> str:
@@ -169,7 +317,17 @@ def _short(token: str) -> str:
 def _redacted(answer: Any) -> Any:
     if isinstance(answer, dict) and isinstance(answer.get("token"), str):
         return {**answer, "token": _short(answer["token"])}
+    if isinstance(answer, dict) and isinstance(answer.get("phone_number"), str):
+        # Personal data: shown the way apps show it, middle digits hidden.
+        return {
+            key: _masked(value) if key.endswith("phone_number") else value
+            for key, value in answer.items()
+        }
     return answer
+
+
+def _masked(number: str) -> str:
+    return number[:-8] + "****" + number[-4:] if len(number) >= 8 else "****"
 
 
 def _compact(value: Any) -> str:
@@ -202,6 +360,7 @@ async def own_stack(data_dir: Path) -> AsyncIterator[Stack]:
     # always plays against the emulator.
     env = {key: value for key, value in os.environ.items() if not key.startswith("WXLOGIN_")}
     env["WXLOGIN_SESSION_TTL"] = str(OWN_STACK_SESSION_TTL)
+    env["WXLOGIN_MAX_SESSIONS_PER_USER"] = str(OWN_STACK_MAX_SESSIONS)
     stack = DevStack(
         data_dir,
         env=env,
@@ -218,6 +377,7 @@ async def own_stack(data_dir: Path) -> AsyncIterator[Stack]:
             stack.emulator_url,
             DEV_APP,
             f"a temporary dev stack ({OWN_STACK_SESSION_TTL}-second sessions)",
+            max_sessions=OWN_STACK_MAX_SESSIONS,
         )
 
 

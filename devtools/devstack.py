@@ -55,6 +55,7 @@ DEV_CALLERS: Mapping[str, tuple[str, ...]] = {
         "CheckSession",
         "DecryptUserData",
         "RevokeSession",
+        "RevokeAllSessions",
         "GetPhoneNumber",
     ),
     "backend": ("CheckSession", "DecryptUserData", "RevokeSession"),

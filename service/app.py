@@ -24,6 +24,7 @@ from service.errors import StoreUnavailable
 from service.limits import InFlightLimits, LoginRates
 from service.metrics import Metrics
 from service.phone_numbers import PhoneNumbers
+from service.revocations import RevocationWatcher
 from service.rpc_handlers import add_auth_service
 from service.servicer import AuthServicer, WeChatBound
 from service.session_keys import UserSessionKeys
@@ -63,6 +64,8 @@ class RunningService:
     reload: Callable[[], None] = field(default=lambda: None)
     # Where /metrics is served (WXLOGIN_METRICS_LISTEN); None: metrics are off.
     metrics_port: int | None = None
+    # Drops sessions revoked through other processes from the cache (replica sets).
+    revocations: RevocationWatcher | None = None
 
 
 @asynccontextmanager
@@ -114,6 +117,7 @@ async def running_service(
             SessionKeyCipher(settings.secret_key, settings.old_secret_keys),
             batch_interval=settings.login_batch_interval,
             max_waiting_logins=settings.max_waiting_logins,
+            max_sessions_per_user=settings.max_sessions_per_user,
             metrics=metrics,
         )
         stack.push_async_callback(store.close)
@@ -152,11 +156,19 @@ async def running_service(
             wechat,
             settings.apps,
             session_ttl=settings.session_ttl,
+            session_max_ttl=settings.session_max_ttl,
             cache=cache,
             unknown=unknown,
             login_rates=LoginRates(settings.login_rate_per_app),
             session_keys=session_keys,
         )
+        # Revocations through other processes reach this cache at once (replica sets).
+        revocations = RevocationWatcher(store, cache)
+        try:
+            await revocations.start()
+        except StoreUnavailable:
+            log.warning("MongoDB did not say whether it has change streams: not watching")
+        stack.push_async_callback(revocations.aclose)
         wxa_session_keys = WxaSessionKeys(sessions, session_keys, access_tokens, wechat)
         user_data = UserDataDecryptor(
             sessions,
@@ -262,7 +274,14 @@ async def running_service(
             "anyone" if callers is None else ", ".join(c.name for c in callers.callers),
         )
         yield RunningService(
-            server, port, uri, health_servicer, sessions, reload, metrics_port=metrics_port
+            server,
+            port,
+            uri,
+            health_servicer,
+            sessions,
+            reload,
+            metrics_port=metrics_port,
+            revocations=revocations,
         )
 
 

@@ -5,13 +5,17 @@ the same few tokens again and again. An entry is served for at most `max_age`
 seconds after it was read from MongoDB, and never once its `expires_at` has
 passed. The price: a session revoked through *another* process stays valid here
 for up to `max_age` seconds (a revoke through this process drops it at once).
+
+A dropped session is remembered as ended for `max_age` seconds, and a `put` of
+it meanwhile is refused: a CheckSession that read the session from MongoDB just
+before it was revoked must not bring it back for another `max_age`.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from service.records import SessionRecord
@@ -30,6 +34,8 @@ class SessionCache:
         self._max_entries = max_entries
         self._monotonic = monotonic
         self._entries: OrderedDict[str, tuple[float, SessionRecord]] = OrderedDict()
+        # session id -> when it was dropped (monotonic), oldest first.
+        self._ended: OrderedDict[str, float] = OrderedDict()
         # Plain ints, read by the metrics collector at scrape time (service/metrics.py).
         self.hits = 0
         self.misses = 0
@@ -56,6 +62,8 @@ class SessionCache:
         if self._max_age <= 0:
             return
         now = self._monotonic()
+        if self._ended and self._is_ended(record.session_id, now):
+            return
         self._entries[record.session_id] = (now, record)
         self._entries.move_to_end(record.session_id)
         while len(self._entries) > self._max_entries:
@@ -71,9 +79,68 @@ class SessionCache:
                 break
             self._entries.popitem(last=False)
 
+    def refresh(self, record: SessionRecord) -> None:
+        """Replace a cached session by a newer state of it (renewed), keeping its age.
+
+        The age stays: an answer from memory is never older than `max_age`
+        since MongoDB last said the session exists.
+        """
+        entry = self._entries.get(record.session_id)
+        if entry is not None:
+            self._entries[record.session_id] = (entry[0], record)
+
     def drop(self, session_id: str) -> None:
-        """Forget a session (revoked here)."""
+        """Forget a session (revoked), and refuse to cache it again for `max_age`."""
         self._entries.pop(session_id, None)
+        if self._max_age <= 0:
+            return
+        now = self._monotonic()
+        self._ended[session_id] = now
+        self._ended.move_to_end(session_id)
+        # Bounded like the entries; the oldest marks go first, and are the first to age out.
+        while len(self._ended) > self._max_entries:
+            self._ended.popitem(last=False)
+        for _ in range(2):
+            oldest = next(iter(self._ended.values()))
+            if now - oldest <= self._max_age:
+                break
+            self._ended.popitem(last=False)
+
+    def drop_many(self, session_ids: Iterable[str]) -> None:
+        """`drop` each of them."""
+        for session_id in session_ids:
+            self.drop(session_id)
+
+    def _is_ended(self, session_id: str, now: float) -> bool:
+        dropped_at = self._ended.get(session_id)
+        return dropped_at is not None and now - dropped_at <= self._max_age
+
+    def evict_users(self, user_ids: Iterable[str]) -> None:
+        """Forget users' sessions for now (their account changed); unlike `drop`, they may return.
+
+        A scan, like `drop_user`: linking happens once per user.
+        """
+        users = set(user_ids)
+        if not users or not self._entries:
+            return
+        for session_id in [
+            sid for sid, (_, rec) in self._entries.items() if rec.user.user_id in users
+        ]:
+            del self._entries[session_id]
+
+    def drop_user(self, user_id: str) -> int:
+        """Forget every session of a user (log out everywhere); how many were cached.
+
+        A scan: rare (one per log-out-everywhere) and bounded by max_entries,
+        where an index by user would cost every put on the hot path.
+        """
+        gone = [sid for sid, (_, rec) in self._entries.items() if rec.user.user_id == user_id]
+        self.drop_many(gone)
+        return len(gone)
+
+    def clear(self) -> None:
+        """Forget every session (revocations may have been missed); the ended marks stay."""
+        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

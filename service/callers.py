@@ -18,7 +18,9 @@ WXLOGIN_CALLERS_FILE is TOML, one table per caller:
 
 `"*"` in `rpcs` or `apps` means all, except for the RPCs in `NAMED_ONLY`
 (GetAccessToken: it hands out the app's own WeChat credential), which a caller
-gets only by naming them: `rpcs = ["*", "GetAccessToken"]`. Only the key's
+gets only by naming them: `rpcs = ["*", "GetAccessToken"]`. So is
+"RevokeAllSessions:user_id" (log any user out everywhere by user_id; without it,
+RevokeAllSessions takes only a token of the user). Only the key's
 SHA-256 is stored, so the file is no secret; presented keys are hashed and
 compared with every stored hash in constant time, and never logged. Health
 stays open to everyone.
@@ -58,7 +60,13 @@ CALLER_KEY_METADATA = "x-wxlogin-caller-key"
 ALL = "*"
 # Granted only by name, never by "*": the access_token acts as the app itself at
 # WeChat, so a backend that only checks sessions must not be able to take it.
-NAMED_ONLY = frozenset({"GetAccessToken"})
+# Not an RPC but a grant within one: RevokeAllSessions for any user named by
+# user_id, where a caller granted only the RPC may end just the sessions of a
+# token it holds. Naming it grants the RPC too.
+REVOKE_BY_USER_ID = "RevokeAllSessions:user_id"
+# Grants that stand for more than their own name.
+_IMPLIES: Mapping[str, str] = {REVOKE_BY_USER_ID: "RevokeAllSessions"}
+NAMED_ONLY = frozenset({"GetAccessToken", REVOKE_BY_USER_ID})
 # Names go on log lines as they are: nothing that could forge or break one.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -209,12 +217,18 @@ def _grant(value: Any, where: str, known: Collection[str], what: str) -> frozens
     if not items:
         raise ConfigError(CALLERS_VARIABLE, f'{where}: required (a list; "*" for all)')
     for item in items:
-        if item != ALL and item not in known:
+        grant = what == "RPC" and item in _IMPLIES
+        if item != ALL and item not in known and not grant:
             raise ConfigError(CALLERS_VARIABLE, f"{where}: unknown {what} {item[:64]!r}")
+    if what == "RPC":
+        items += [_IMPLIES[item] for item in items if item in _IMPLIES]
     if ALL in items:
         named = NAMED_ONLY.intersection(items)
-        # "*" and a named-only RPC: everything, spelled out (None would drop the name).
-        return frozenset(known) if named and what == "RPC" else None
+        # "*" and a named-only RPC: everything, spelled out (None would drop the name),
+        # but never the named-only ones that were not named.
+        if named and what == "RPC":
+            return frozenset(known).difference(NAMED_ONLY) | named
+        return None
     return frozenset(items)
 
 
@@ -287,7 +301,15 @@ class CallerGuard:
                 if not caller.may_call(rpc):
                     raise CallerForbidden(f"this caller may not call {rpc}")
             except WxLoginError as error:
-                self._quiet.log(logging.WARNING, error.reason, "%s refused: %s", rpc, error.reason)
+                # The peer, so operators can find a misconfigured caller; never the key.
+                self._quiet.log(
+                    logging.WARNING,
+                    error.reason,
+                    "%s refused: %s (peer %s)",
+                    rpc,
+                    error.reason,
+                    context.peer(),
+                )
                 status = to_grpc_status(error)
                 await context.abort(status.code, status.details, status.trailing_metadata)
             token = _CURRENT.set(caller)

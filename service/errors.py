@@ -193,6 +193,14 @@ REASON_CODES: Mapping[str, grpc.StatusCode] = {
 }
 
 
+def from_reason(reason: str, metadata: Mapping[str, str] | None = None) -> WxLoginError:
+    """A new error of the class for `reason` (one kept earlier); INTERNAL for an unknown one."""
+    for cls in WxLoginError.__subclasses__():
+        if cls.reason == reason:
+            return cls(**dict(metadata or {}))
+    return InternalError()
+
+
 def to_grpc_status(error: WxLoginError) -> grpc.Status:
     """Turn an error into a gRPC status with a google.rpc.ErrorInfo detail."""
     code = REASON_CODES.get(error.reason, grpc.StatusCode.INTERNAL)

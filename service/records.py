@@ -9,12 +9,23 @@ from typing import NamedTuple
 
 @dataclass(frozen=True)
 class UserRecord:
-    """A user of one app: one per (app_id, openid)."""
+    """A user of one app: one per (app_id, openid).
+
+    `account_id` is shared by every user of the configured apps with the same
+    unionid; "" until the user is linked (no unionid yet): then it is the user's
+    own user_id, which `account` gives either way.
+    """
 
     user_id: str
     app_id: str
     openid: str
     unionid: str | None
+    account_id: str = ""
+
+    @property
+    def account(self) -> str:
+        """The account the user belongs to: its linked account, else its own user_id."""
+        return self.account_id or self.user_id
 
 
 @dataclass(frozen=True)
@@ -44,9 +55,49 @@ class NewLogin:
     expires_at: datetime
     # loop.time() by which the caller wants its answer; None: no deadline.
     deadline: float | None = None
+    # Where the answer is kept for the same code sent again (idempotent login).
+    replay: LoginReplay | None = None
 
     def __repr__(self) -> str:
         return f"NewLogin(app_id={self.app_id!r}, openid={self.openid!r})"
+
+
+@dataclass(frozen=True)
+class LoginReplay:
+    """What the store needs to keep a login's answer under its code: sealed, for replays."""
+
+    code_id: str  # SHA-256 of the app and the code
+    owner: str  # the claim (login_codes) this login holds
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class LoginCode:
+    """A code's document in login_codes: being exchanged, answered, or failed for good.
+
+    `state` is "pending" (`owner` exchanges it until `lease_until`), "done"
+    (`result`: the answer, sealed) or "failed" (`reason`, `metadata`: the error).
+    """
+
+    code_id: str
+    state: str
+    owner: str = ""
+    lease_until: datetime | None = None
+    result: bytes = field(default=b"", repr=False)
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class KeptLogin(NamedTuple):
+    """A login's answer as kept under its code, handed out again for the same code."""
+
+    token: str
+    expires_at: datetime
+    user: UserRecord
+    new_user: bool
+
+    def __repr__(self) -> str:
+        return f"KeptLogin(user={self.user!r}, new_user={self.new_user})"
 
 
 def utc_now_ms() -> datetime:

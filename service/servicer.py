@@ -128,7 +128,11 @@ class WeChatBound:
 
 def _user(user: UserRecord) -> auth_pb2.User:
     return auth_pb2.User(
-        user_id=user.user_id, app_id=user.app_id, openid=user.openid, unionid=user.unionid or ""
+        user_id=user.user_id,
+        app_id=user.app_id,
+        openid=user.openid,
+        unionid=user.unionid or "",
+        account_id=user.account,
     )
 
 
@@ -226,6 +230,27 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.RevokeSessionResponse:
         await self._sessions.revoke(request.token, deadline=_deadline(context))
         return auth_pb2.RevokeSessionResponse()
+
+    @_rpc
+    async def RevokeAllSessions(
+        self,
+        request: auth_pb2.RevokeAllSessionsRequest,
+        context: grpc.aio.ServicerContext[
+            auth_pb2.RevokeAllSessionsRequest, auth_pb2.RevokeAllSessionsResponse
+        ],
+    ) -> auth_pb2.RevokeAllSessionsResponse:
+        who = request.WhichOneof("who")
+        if who == "token":
+            revoked = await self._sessions.revoke_all_by_token(
+                request.token, deadline=_deadline(context)
+            )
+        elif who == "user_id":
+            revoked = await self._sessions.revoke_all_of_user(
+                request.user_id, deadline=_deadline(context)
+            )
+        else:
+            raise BadRequest("give token or user_id")
+        return auth_pb2.RevokeAllSessionsResponse(revoked=revoked)
 
     @_rpc
     async def GetPhoneNumber(

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from service.errors import StoreUnavailable
 from service.records import SessionRecord, UserRecord
 from service.store import Store
 
@@ -48,7 +49,13 @@ class UserSessionKeys:
             if self._monotonic() - stored_at <= self._max_age:
                 self._entries.move_to_end(record.user.user_id)
                 return session_key
-        return await self.fresh(record, deadline=deadline)
+        try:
+            return await self.fresh(record, deadline=deadline)
+        except StoreUnavailable:
+            # MongoDB is down but the session was at hand (CheckSession's cache): its
+            # own key is most often still the user's. If it is not, the decryption
+            # fails, and the re-read that follows says STORE_UNAVAILABLE after all.
+            return self._store.open_session_key(record)
 
     async def fresh(self, record: SessionRecord, *, deadline: float | None = None) -> str:
         """The user's current key as MongoDB has it now (the cache is refreshed with it)."""

@@ -23,6 +23,8 @@ __all__ = ["ConfigError", "Settings"]
 DEFAULT_GRPC_LISTEN = "127.0.0.1:50051"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
 DEFAULT_SESSION_TTL = 7 * 24 * 3600
+DEFAULT_SESSION_MAX_TTL = 30 * 24 * 3600
+DEFAULT_MAX_SESSIONS_PER_USER = 10
 # Logins per second per app, per process (service/limits.py); WeChat's quota is per app.
 DEFAULT_LOGIN_RATE = 1000.0
 # One day: long enough for a client that retries or queues the call, short enough
@@ -42,7 +44,10 @@ class Settings:
     mongodb_uri: str | None = None  # None: start the embedded mongod
     data_dir: Path = Path(".data")
     wechat_api_base: str = DEFAULT_WECHAT_API_BASE
+    # WXLOGIN_SESSION_TTL: the idle lifetime, renewed by use (CheckSession)...
     session_ttl: int = DEFAULT_SESSION_TTL
+    # ...up to WXLOGIN_SESSION_MAX_TTL after the login, whatever the use.
+    session_max_ttl: int = DEFAULT_SESSION_MAX_TTL
     watermark_max_age: int = DEFAULT_WATERMARK_MAX_AGE
     database: str = "wxlogin"
     # WeChat timeouts and retry budget; not environment knobs, tests shrink them.
@@ -84,6 +89,9 @@ class Settings:
     # many seconds before it expires (service/access_tokens.py); must fall inside
     # WeChat's 300 s overlap window, where normal-mode stable_token mints the next one.
     access_token_refresh_before: int = DEFAULT_ACCESS_TOKEN_REFRESH_BEFORE
+    # WXLOGIN_MAX_SESSIONS_PER_USER: a login beyond this many live sessions of its
+    # user ends the oldest (service/store.py, _trim_sessions).
+    max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even by printing the settings.
@@ -107,6 +115,7 @@ class Settings:
                 '(python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())")',
             )
         tls_cert, tls_key, tls_client_ca = parse_tls(env)
+        session_ttl, session_max_ttl = parse_session_ttls(env)
         return cls(
             apps=parse_apps(apps_raw),
             secret_key=parse_secret_key(key_raw),
@@ -120,12 +129,8 @@ class Settings:
             wechat_api_base=parse_url(
                 "WXLOGIN_WECHAT_API_BASE", env.get("WXLOGIN_WECHAT_API_BASE")
             ),
-            session_ttl=parse_seconds(
-                "WXLOGIN_SESSION_TTL",
-                env.get("WXLOGIN_SESSION_TTL"),
-                DEFAULT_SESSION_TTL,
-                minimum=1,
-            ),
+            session_ttl=session_ttl,
+            session_max_ttl=session_max_ttl,
             watermark_max_age=parse_seconds(
                 "WXLOGIN_WATERMARK_MAX_AGE",
                 env.get("WXLOGIN_WATERMARK_MAX_AGE"),
@@ -142,6 +147,12 @@ class Settings:
             tls_client_ca=tls_client_ca,
             metrics_listen=parse_optional_listen(
                 "WXLOGIN_METRICS_LISTEN", env.get("WXLOGIN_METRICS_LISTEN")
+            ),
+            max_sessions_per_user=parse_count(
+                "WXLOGIN_MAX_SESSIONS_PER_USER",
+                env.get("WXLOGIN_MAX_SESSIONS_PER_USER"),
+                DEFAULT_MAX_SESSIONS_PER_USER,
+                maximum=10_000,
             ),
             access_token_refresh_before=parse_seconds(
                 "WXLOGIN_ACCESS_TOKEN_REFRESH_BEFORE",
@@ -222,6 +233,40 @@ def parse_tls(env: Mapping[str, str]) -> tuple[Path | None, Path | None, Path | 
             "WXLOGIN_TLS_CLIENT_CA", "client certificates need TLS: set WXLOGIN_TLS_CERT and _KEY"
         )
     return cert, key, client_ca
+
+
+def parse_session_ttls(env: Mapping[str, str]) -> tuple[int, int]:
+    """WXLOGIN_SESSION_TTL (idle) and WXLOGIN_SESSION_MAX_TTL (absolute), which can't be shorter."""
+    idle = parse_seconds(
+        "WXLOGIN_SESSION_TTL", env.get("WXLOGIN_SESSION_TTL"), DEFAULT_SESSION_TTL, minimum=1
+    )
+    absolute = parse_seconds(
+        "WXLOGIN_SESSION_MAX_TTL",
+        env.get("WXLOGIN_SESSION_MAX_TTL"),
+        DEFAULT_SESSION_MAX_TTL,
+        minimum=1,
+    )
+    if absolute < idle:
+        # Since the idle lifetime became renewable, a long WXLOGIN_SESSION_TTL alone
+        # no longer says how long a session may live: say so instead of capping it.
+        raise ConfigError(
+            "WXLOGIN_SESSION_MAX_TTL",
+            f"must be >= WXLOGIN_SESSION_TTL ({idle} s, the idle lifetime), got {absolute}",
+        )
+    return idle, absolute
+
+
+def parse_count(variable: str, value: str | None, default: int, *, maximum: int) -> int:
+    """A whole number in [1, maximum]; unset or empty means `default`."""
+    if value is None or not value.strip():
+        return default
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(variable, f"expected a whole number, got {value!r}") from None
+    if not 1 <= count <= maximum:
+        raise ConfigError(variable, f"must be between 1 and {maximum}, got {count}")
+    return count
 
 
 def parse_rate(variable: str, value: str | None) -> float:

@@ -1,26 +1,30 @@
 """The only code that touches MongoDB: users (with their current session_key), sessions, the
-apps' shared access_tokens, and the indexes."""
+apps' shared access_tokens, linked accounts, login codes (idempotent login), the change
+stream of ended sessions, and the indexes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import pymongo
 from bson import Binary, ObjectId
 from cryptography.exceptions import InvalidTag
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
-from pymongo import ASCENDING, ReadPreference, UpdateOne, WriteConcern
+from pymongo import ASCENDING, DESCENDING, ReadPreference, UpdateMany, UpdateOne, WriteConcern
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
+    OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
 )
@@ -31,7 +35,15 @@ from service.crypto import SessionKeyCipher, token_id
 from service.deadlines import budget
 from service.errors import InternalError, Overloaded, StoreUnavailable, WxLoginError
 from service.metrics import Metrics
-from service.records import AccessTokenRecord, NewLogin, SavedLogin, SessionRecord, UserRecord
+from service.records import (
+    AccessTokenRecord,
+    KeptLogin,
+    LoginCode,
+    NewLogin,
+    SavedLogin,
+    SessionRecord,
+    UserRecord,
+)
 
 log = logging.getLogger(__name__)
 # During an outage every call fails the same way: one line per kind of failure
@@ -43,6 +55,42 @@ MotorDatabase = AsyncIOMotorDatabase[dict[str, Any]]
 MotorClient = AsyncIOMotorClient[dict[str, Any]]
 
 _DUPLICATE_KEY = 11000
+_MAX_WAITING_RENEWALS = 10_000
+
+
+# How long each getMore of the revocation change stream waits for events; one
+# arriving meanwhile is returned at once.
+_WATCH_AWAIT_MS = 1000
+# A change stream that cannot go on from its token: the point is no longer in the
+# oplog (ChangeStreamHistoryLost 286, ChangeStreamFatalError 280), or the stream was
+# invalidated (the collection dropped or renamed: InvalidResumeToken 260).
+_CANNOT_RESUME = frozenset({260, 280, 286})
+
+
+class ChangeHistoryLost(Exception):
+    """A change stream cannot resume where it broke off: events may have been missed."""
+
+
+class _Claim(NamedTuple):
+    """One login's claim of its code (see Store.claim_login_code)."""
+
+    code_id: str
+    owner: str
+    lease_until: datetime
+    expires_at: datetime
+    deadline: float | None
+
+
+class _Renewal(NamedTuple):
+    """One session's sliding-expiry write (see Store.renew_session)."""
+
+    session_id: str
+    expires_at: datetime
+    due_before: datetime
+
+
+# "All the rest" for $slice, whose count must be a positive 32-bit int.
+_MAX_INT32 = 2**31 - 1
 # A write that hands a token to a caller, or revokes one, is journaled and (on a
 # replica set) on a majority of members before we answer: a token handed out
 # survives any crash or failover, a revocation acknowledged stays revoked.
@@ -154,11 +202,16 @@ class Store:
         *,
         max_batch: int = 256,
         max_waiting_logins: int | None = None,
+        max_sessions_per_user: int | None = None,
         batch_interval: float = 0.0,
         metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._metrics = metrics
+        # None: no cap (tests of other things, tools); the service always sets one.
+        self._max_sessions_per_user = max_sessions_per_user
+        self._ended_listeners: list[Callable[[Sequence[str]], None]] = []
+        self._linked_listeners: list[Callable[[Sequence[str]], None]] = []
         self._users = db.get_collection("users", write_concern=DURABLE)
         # motor's stubs type read_preference as the class; pymongo passes instances.
         self._primary_users = self._users.with_options(
@@ -174,6 +227,26 @@ class Store:
         self._primary_sessions = self._sessions.with_options(
             read_preference=ReadPreference.PRIMARY  # type: ignore[arg-type]
         )
+        # Linked accounts: one document per unionid (see _link).
+        self._accounts = db.get_collection("accounts", write_concern=DURABLE)
+        self._primary_accounts = self._accounts.with_options(
+            read_preference=ReadPreference.PRIMARY  # type: ignore[arg-type]
+        )
+        # Idempotent login: one document per code being (or having been) exchanged.
+        # A claim needs no journal: lost in a crash, it costs at most one more
+        # WeChat call, which WeChat answers "code used". The kept answer is
+        # durable, like the session it hands out again.
+        self._login_codes = db.get_collection("login_codes", write_concern=WriteConcern(w=1))
+        self._durable_login_codes = db.get_collection("login_codes", write_concern=DURABLE)
+        self._primary_login_codes = self._login_codes.with_options(
+            read_preference=ReadPreference.PRIMARY  # type: ignore[arg-type]
+        )
+        self._claims: GroupCommit[_Claim, LoginCode | None] = GroupCommit(
+            self._write_claims,
+            max_batch=max_batch,
+            max_waiting=max_waiting_logins,
+            min_interval=batch_interval,
+        )
         self._cipher = cipher
         self._logins: GroupCommit[NewLogin, SavedLogin] = GroupCommit(
             self._write_logins,
@@ -181,6 +254,15 @@ class Store:
             max_waiting=max_waiting_logins,
             min_interval=batch_interval,
             on_batch=None if metrics is None else metrics.login_batch_size.observe,
+        )
+        # Sliding expiry: renewals are fire-and-forget for CheckSession, and
+        # written together when they come together.
+        self._renewals: GroupCommit[_Renewal, None] = GroupCommit(
+            self._write_renewals,
+            max_batch=max_batch,
+            # Beyond this, a renewal is dropped (and tried again at a later check).
+            max_waiting=_MAX_WAITING_RENEWALS,
+            min_interval=batch_interval,
         )
 
     async def ensure_indexes(self, expired_session_retention: int = 0) -> None:
@@ -196,6 +278,14 @@ class Store:
                 "expires_at", expireAfterSeconds=expired_session_retention, name="expires_at_ttl"
             )
             await self._sessions.create_index("user_id", name="user_id")
+            # A code lives 5 minutes; its document (and the answer sealed in it) no longer.
+            await self._login_codes.create_index(
+                "expires_at", expireAfterSeconds=0, name="expires_at_ttl"
+            )
+            # A user's sessions newest first: the trim to WXLOGIN_MAX_SESSIONS_PER_USER.
+            await self._sessions.create_index(
+                [("user_id", ASCENDING), ("created_at", DESCENDING)], name="user_newest"
+            )
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless MongoDB answers."""
@@ -234,8 +324,38 @@ class Store:
         return self._logins.waiting
 
     async def close(self) -> None:
-        """Finish the logins already submitted; call before closing the motor client."""
+        """Finish the logins and renewals already submitted; call before closing motor."""
+        await self._claims.aclose()
         await self._logins.aclose()
+        await self._renewals.aclose()
+
+    async def renew_session(
+        self, session_id: str, expires_at: datetime, *, due_before: datetime
+    ) -> None:
+        """Move a session's expires_at to `expires_at`, durably, if it is still before `due_before`.
+
+        The condition makes it once per renewal period across processes: when
+        several see a session due at about the same time, the first write moves
+        expires_at past `due_before` and the others match nothing. Renewals that
+        arrive together are one bulk write. QueueFull if too many wait already.
+        """
+        await self._renewals.submit(_Renewal(session_id, expires_at, due_before))
+
+    async def _write_renewals(self, renewals: Sequence[_Renewal]) -> list[Exception | None]:
+        operations = [
+            UpdateOne(
+                {"_id": renewal.session_id, "expires_at": {"$lt": renewal.due_before}},
+                # `renewals` counts the writes that renewed (operators, tests).
+                {"$set": {"expires_at": renewal.expires_at}, "$inc": {"renewals": 1}},
+            )
+            for renewal in renewals
+        ]
+        try:
+            async with _timed(self._metrics, "renew_sessions"), _translated():
+                await self._sessions.bulk_write(operations, ordered=False)
+        except WxLoginError as error:
+            return [type(error)() for _ in renewals]
+        return [None] * len(renewals)
 
     async def _write_logins(self, logins: Sequence[NewLogin]) -> list[SavedLogin | Exception]:
         deadline = _latest_deadline(logins)
@@ -243,6 +363,7 @@ class Store:
             users = await self._upsert_users(logins, deadline)
         except WxLoginError as error:
             return [type(error)() for _ in logins]
+        users = await self._link_accounts(users, deadline)
         docs: list[dict[str, Any]] = []
         results: list[SavedLogin | Exception] = []
         for login in logins:
@@ -255,6 +376,7 @@ class Store:
                     "app_id": user.app_id,
                     "openid": user.openid,
                     "unionid": user.unionid,
+                    "account_id": user.account_id,
                     "session_key": Binary(sealed),
                     "created_at": login.created_at,
                     "expires_at": login.expires_at,
@@ -279,6 +401,7 @@ class Store:
                         raise
         except WxLoginError as error:
             return [type(error)() for _ in logins]
+        await self._trim_sessions({user.user_id for user, _ in users.values()}, deadline)
         # new_user goes to the first login of a new user that got its session
         # (the same new user may log in twice in one batch).
         unannounced = {key for key, (_, creator) in users.items() if creator is not None}
@@ -287,7 +410,301 @@ class Store:
             if (login.app_id, login.openid) in unannounced and isinstance(result, SavedLogin):
                 results[index] = SavedLogin(result.session, new_user=True)
                 unannounced.discard((login.app_id, login.openid))
+        await self._keep_answers(logins, results, deadline)
         return results
+
+    # -- idempotent login: login_codes ------------------------------------------------------
+
+    async def claim_login_code(
+        self,
+        code_id: str,
+        owner: str,
+        *,
+        lease_until: datetime,
+        expires_at: datetime,
+        deadline: float | None = None,
+    ) -> LoginCode | None:
+        """Claim a code for `owner` to exchange (None), or say how it stands: claimed by
+        another, done (the answer sealed in it) or failed.
+
+        An insert-if-absent: of the processes that claim one code, exactly one
+        inserts. Claims that arrive together are one insert (group commit).
+        """
+        seconds = budget(deadline, default=float("inf"))
+        if seconds <= 0:
+            raise StoreUnavailable("no time left for the session store before the deadline")
+        claim = _Claim(code_id, owner, lease_until, expires_at, deadline)
+        try:
+            return await asyncio.wait_for(
+                self._claims.submit(claim), None if seconds == float("inf") else seconds
+            )
+        except TimeoutError:
+            raise StoreUnavailable() from None
+        except QueueFull:
+            raise Overloaded("too many logins wait for the session store; retry later") from None
+
+    async def _write_claims(self, claims: Sequence[_Claim]) -> list[LoginCode | Exception | None]:
+        deadlines = [claim.deadline for claim in claims]
+        deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
+        docs = [
+            {
+                "_id": claim.code_id,
+                "state": "pending",
+                "owner": claim.owner,
+                "lease_until": claim.lease_until,
+                "expires_at": claim.expires_at,
+            }
+            for claim in claims
+        ]
+        results: list[LoginCode | Exception | None] = [None] * len(claims)
+        taken: list[int] = []
+        found: dict[str, LoginCode] = {}
+        try:
+            async with _timed(self._metrics, "claim_login_codes"), _translated(deadline):
+                try:
+                    await self._login_codes.insert_many(docs, ordered=False)
+                except BulkWriteError as error:
+                    for failure in error.details.get("writeErrors", []):
+                        if failure.get("code") == _DUPLICATE_KEY:
+                            taken.append(failure["index"])
+                        else:
+                            log.error(
+                                "login code claim failed: MongoDB code %s", failure.get("code")
+                            )
+                            results[failure["index"]] = InternalError()
+                    if error.details.get("writeConcernErrors"):
+                        raise
+                if taken:
+                    ids = [claims[index].code_id for index in taken]
+                    cursor = self._primary_login_codes.find({"_id": {"$in": ids}})
+                    found = {doc["_id"]: _login_code(doc) async for doc in cursor}
+        except WxLoginError as error:
+            return [type(error)() for _ in claims]
+        for index in taken:
+            code_id = claims[index].code_id
+            # Gone between the insert and the read (released, or swept): try again.
+            results[index] = found.get(code_id, LoginCode(code_id, "gone"))
+        return results
+
+    async def find_login_code(
+        self, code_id: str, *, deadline: float | None = None
+    ) -> LoginCode | None:
+        """How a claimed code stands now (from the primary), or None if it has no document."""
+        async with _timed(self._metrics, "find_login_code"), _translated(deadline):
+            doc = await self._primary_login_codes.find_one({"_id": code_id})
+        return None if doc is None else _login_code(doc)
+
+    async def take_over_login_code(
+        self,
+        code_id: str,
+        owner: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        deadline: float | None = None,
+    ) -> bool:
+        """Claim a code whose owner's lease ran out (it crashed, or never finished); True if won."""
+        async with _timed(self._metrics, "take_over_login_code"), _translated(deadline):
+            result = await self._login_codes.update_one(
+                {"_id": code_id, "state": "pending", "lease_until": {"$lte": now}},
+                {"$set": {"owner": owner, "lease_until": lease_until}},
+            )
+        return bool(result.modified_count == 1)
+
+    async def fail_login_code(
+        self,
+        code_id: str,
+        owner: str,
+        reason: str,
+        metadata: dict[str, str],
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        """Keep a final failure (invalid, used...): the same code gets the same error again."""
+        async with _timed(self._metrics, "fail_login_code"), _translated(deadline):
+            await self._login_codes.update_one(
+                {"_id": code_id, "owner": owner, "state": "pending"},
+                {"$set": {"state": "failed", "reason": reason, "metadata": metadata}},
+            )
+
+    async def release_login_code(
+        self, code_id: str, owner: str, *, deadline: float | None = None
+    ) -> None:
+        """Give a claim up after a failure worth retrying (WeChat or MongoDB unavailable)."""
+        async with _timed(self._metrics, "release_login_code"), _translated(deadline):
+            await self._login_codes.delete_one({"_id": code_id, "owner": owner, "state": "pending"})
+
+    def open_login_answer(self, code: LoginCode) -> KeptLogin:
+        """The answer kept under a done code; InternalError if it cannot be unsealed."""
+        try:
+            answer = json.loads(self._cipher.open(code.result, _login_code_aad(code.code_id)))
+            user = answer["user"]
+            return KeptLogin(
+                token=answer["token"],
+                expires_at=datetime.fromtimestamp(answer["expires_at_ms"] / 1000, UTC),
+                user=UserRecord(
+                    user["user_id"],
+                    user["app_id"],
+                    user["openid"],
+                    user["unionid"],
+                    user.get("account_id", ""),
+                ),
+                new_user=bool(answer["new_user"]),
+            )
+        except Exception:
+            log.error("a kept login answer cannot be unsealed (WXLOGIN_SECRET_KEY changed?)")
+            raise InternalError() from None
+
+    async def _keep_answers(
+        self,
+        logins: Sequence[NewLogin],
+        results: Sequence[SavedLogin | Exception],
+        deadline: float | None,
+    ) -> None:
+        """Seal each answer under its code, so the same code sent again gets it again.
+
+        Best effort: the logins succeeded either way; a code whose answer was not
+        kept stays claimed until its lease ends, then a retry exchanges it again
+        (and WeChat says it was used).
+        """
+        operations = []
+        for login, result in zip(logins, results, strict=True):
+            if login.replay is None or not isinstance(result, SavedLogin):
+                continue
+            code_id = login.replay.code_id
+            user = result.session.user
+            answer = {
+                "token": login.replay.token,
+                "expires_at_ms": int(result.session.expires_at.timestamp() * 1000),
+                "user": {
+                    "user_id": user.user_id,
+                    "app_id": user.app_id,
+                    "openid": user.openid,
+                    "unionid": user.unionid,
+                    "account_id": user.account_id,
+                },
+                "new_user": result.new_user,
+            }
+            sealed = self._cipher.seal(json.dumps(answer), _login_code_aad(code_id))
+            operations.append(
+                UpdateOne(
+                    {"_id": code_id, "owner": login.replay.owner, "state": "pending"},
+                    {"$set": {"state": "done", "result": Binary(sealed)}},
+                )
+            )
+        if not operations:
+            return
+        try:
+            async with _timed(self._metrics, "keep_login_answers"), _translated(deadline):
+                await self._durable_login_codes.bulk_write(operations, ordered=False)
+        except WxLoginError as error:
+            _outage.log(
+                logging.WARNING,
+                "keep answers",
+                "keeping login answers for replays failed (%s)",
+                error.reason,
+            )
+
+    async def has_change_streams(self) -> bool:
+        """True when MongoDB offers change streams: a replica set or a sharded cluster."""
+        async with _translated():
+            hello = await self._db.client.admin.command("hello")
+        return "setName" in hello or hello.get("msg") == "isdbgrid"
+
+    async def ended_sessions(
+        self, resume_after: Mapping[str, Any] | None, opened: Callable[[], None]
+    ) -> AsyncIterator[tuple[str | None, Mapping[str, Any]]]:
+        """Each session deleted from now on, anywhere (revoked, trimmed, swept): its id and
+        the stream's resume token after it; (None, token) when a second passed without one,
+        so that the token stays current.
+
+        `resume_after`: a token from before, to go on exactly after it (events
+        missed meanwhile come first). `opened` is called once the stream is
+        open (deletions after that are all seen). StoreUnavailable when the
+        stream breaks (pymongo has already tried to resume once), and
+        ChangeHistoryLost when it can't go on from its token, or was invalidated.
+        """
+        pipeline: list[Mapping[str, Any]] = [
+            {"$match": {"operationType": "delete"}},
+            {"$project": {"documentKey": 1}},
+        ]
+        try:
+            async with self._sessions.watch(
+                pipeline, resume_after=resume_after, max_await_time_ms=_WATCH_AWAIT_MS
+            ) as stream:
+                opened()
+                while stream.alive:
+                    change = await stream.try_next()
+                    token = stream.resume_token or {}
+                    yield (None if change is None else str(change["documentKey"]["_id"])), token
+            # Closed by MongoDB: invalidated (the collection was dropped or renamed),
+            # and no token from before the invalidation can go on past it.
+            raise ChangeHistoryLost()
+        except OperationFailure as error:
+            if error.code in _CANNOT_RESUME:
+                raise ChangeHistoryLost() from None
+            _outage.log(logging.WARNING, "watch", "revocation stream failed: code %s", error.code)
+            raise StoreUnavailable() from None
+        except PyMongoError as error:
+            kind = type(error).__name__
+            _outage.log(logging.WARNING, f"watch {kind}", "revocation stream broken: %s", kind)
+            raise StoreUnavailable() from None
+
+    def on_sessions_ended(self, listener: Callable[[Sequence[str]], None]) -> None:
+        """Call `listener` with the ids of sessions this store ends on its own (the cap).
+
+        Called before the logins of the batch are answered, so a cache can
+        refuse them before anyone puts them in.
+        """
+        self._ended_listeners.append(listener)
+
+    async def _trim_sessions(self, user_ids: Collection[str], deadline: float | None) -> None:
+        """End each user's live sessions beyond the cap, the newest kept; tell the listeners.
+
+        Runs after every batch's insert, in every process. Logins of one user
+        racing in several processes still end within the cap: all trims order
+        sessions the same way (created_at, then _id), a session among the
+        newest `cap` is never ended by any of them, and of two trims the later
+        read sees both inserts (each process inserts before it reads), so it
+        ends everything else. Until then, for a moment, there may be more.
+        Best effort: the logins are stored either way, and the next login of
+        the user trims again.
+        """
+        if self._max_sessions_per_user is None or not user_ids:
+            return
+        pipeline: list[dict[str, Any]] = [
+            {
+                "$match": {
+                    "user_id": {"$in": [ObjectId(user_id) for user_id in user_ids]},
+                    "expires_at": {"$gt": datetime.now(UTC)},
+                }
+            },
+            {"$sort": {"user_id": 1, "created_at": -1, "_id": -1}},
+            {"$group": {"_id": "$user_id", "ids": {"$push": "$_id"}}},
+            {"$project": {"excess": {"$slice": ["$ids", self._max_sessions_per_user, _MAX_INT32]}}},
+            {"$match": {"excess.0": {"$exists": True}}},
+        ]
+        try:
+            async with _timed(self._metrics, "trim_sessions"), _translated(deadline):
+                # From the primary (the default unless the URI says otherwise): a
+                # secondary may not have this batch's sessions yet.
+                cursor = self._primary_sessions.aggregate(pipeline)
+                ended = [session_id async for doc in cursor for session_id in doc["excess"]]
+                if ended:
+                    await self._sessions.delete_many({"_id": {"$in": ended}})
+        except WxLoginError as error:
+            _outage.log(
+                logging.WARNING,
+                "trim",
+                "ending sessions beyond WXLOGIN_MAX_SESSIONS_PER_USER failed (%s); "
+                "the next login of the user retries",
+                error.reason,
+            )
+            return
+        if ended:
+            log.info("ended %d sessions beyond WXLOGIN_MAX_SESSIONS_PER_USER", len(ended))
+            for listener in self._ended_listeners:
+                listener(ended)
 
     async def _upsert_users(
         self, logins: Sequence[NewLogin], deadline: float | None
@@ -360,7 +777,9 @@ class Store:
                 if doc is None:
                     log.error("user upserted but not found: was it deleted meanwhile?")
                     raise InternalError()
-                user = UserRecord(str(doc["_id"]), app_id, openid, doc.get("unionid"))
+                user = UserRecord(
+                    str(doc["_id"]), app_id, openid, doc.get("unionid"), doc.get("account_id", "")
+                )
                 users[app_id, openid] = (user, None)
         return users
 
@@ -375,7 +794,7 @@ class Store:
         query = {
             "$or": [{"app_id": app_id, "openid": {"$in": ids}} for app_id, ids in openids.items()]
         }
-        projection = {"_id": 1, "app_id": 1, "openid": 1, "unionid": 1}
+        projection = {"_id": 1, "app_id": 1, "openid": 1, "unionid": 1, "account_id": 1}
         # One batch for all of them: one round trip.
         # From the primary: a user just created by another process must be there.
         # motor's stubs type this as the ReadPreference class, pymongo passes instances.
@@ -393,7 +812,13 @@ class Store:
             doc = await self._primary_sessions.find_one({"_id": session_id})
         if doc is None:
             return None
-        user = UserRecord(str(doc["user_id"]), doc["app_id"], doc["openid"], doc.get("unionid"))
+        user = UserRecord(
+            str(doc["user_id"]),
+            doc["app_id"],
+            doc["openid"],
+            doc.get("unionid"),
+            doc.get("account_id", ""),
+        )
         sealed = bytes(doc["session_key"])
         # An expired session is never opened again: nothing to gain from a write.
         if not self._cipher.is_current(sealed) and doc["expires_at"] > datetime.now(UTC):
@@ -443,6 +868,162 @@ class Store:
         """Remove a session (log out), durably; removing an absent one is not an error."""
         async with _timed(self._metrics, "delete_session"), _translated(deadline):
             await self._sessions.delete_one({"_id": session_id})
+
+    async def delete_user_sessions(
+        self, user_id: str, *, now: datetime, deadline: float | None = None
+    ) -> int:
+        """End every live session of a user (log out everywhere), durably; how many were live.
+
+        Expired ones are left to the TTL monitor: they are over already, and
+        counting them would tell the user about sessions that were not ended now.
+        """
+        async with _timed(self._metrics, "delete_user_sessions"), _translated(deadline):
+            result = await self._sessions.delete_many(
+                {"user_id": ObjectId(user_id), "expires_at": {"$gt": now}}
+            )
+        return int(result.deleted_count)
+
+    async def find_user(self, user_id: str, *, deadline: float | None = None) -> UserRecord | None:
+        """The user with this id, or None (from the primary: it may have just been created)."""
+        async with _timed(self._metrics, "find_user"), _translated(deadline):
+            doc = await self._primary_users.find_one(
+                {"_id": ObjectId(user_id)},
+                {"app_id": 1, "openid": 1, "unionid": 1, "account_id": 1},
+            )
+        if doc is None:
+            return None
+        return UserRecord(
+            str(doc["_id"]),
+            doc["app_id"],
+            doc["openid"],
+            doc.get("unionid"),
+            doc.get("account_id", ""),
+        )
+
+    # -- linked accounts ------------------------------------------------------------------
+
+    async def _link_accounts(
+        self,
+        users: dict[tuple[str, str], tuple[UserRecord, NewLogin | None]],
+        deadline: float | None,
+    ) -> dict[tuple[str, str], tuple[UserRecord, NewLogin | None]]:
+        """The batch's users, those with a unionid but no account yet linked to theirs.
+
+        Best effort: a login is not failed for its account; the next one links it.
+        """
+        unlinked = [user for user, _ in users.values() if user.unionid and not user.account_id]
+        if not unlinked:
+            return users
+        new = {user.user_id for user, creator in users.values() if creator is not None}
+        try:
+            linked = await self._link(unlinked, deadline, without_sessions=new)
+        except WxLoginError as error:
+            _outage.log(logging.WARNING, "link", "linking accounts failed (%s)", error.reason)
+            return users
+        return {
+            key: (linked.get(user.user_id, user), creator) for key, (user, creator) in users.items()
+        }
+
+    async def link_unionid(
+        self, user: UserRecord, unionid: str, *, deadline: float | None = None
+    ) -> UserRecord:
+        """A unionid learnt after the login (decrypted data): kept on the user, account linked."""
+        async with _timed(self._metrics, "set_unionid"), _translated(deadline):
+            await self._users.update_one(
+                {"_id": ObjectId(user.user_id)}, {"$set": {"unionid": unionid}}
+            )
+        with_unionid = replace(user, unionid=unionid, account_id="")
+        linked = await self._link([with_unionid], deadline)
+        return linked.get(user.user_id, with_unionid)
+
+    async def _link(
+        self,
+        users: Sequence[UserRecord],
+        deadline: float | None,
+        *,
+        without_sessions: Collection[str] = (),
+    ) -> dict[str, UserRecord]:
+        """Link users (each with a unionid) to the account of their unionid; user_id -> user.
+
+        `accounts` has one document per unionid: the first user to arrive with it
+        opens the account under its own user_id (so a user's account_id does not
+        change when it is the first), every later one joins. Opening is an
+        upsert on the unionid, so users racing in several processes end in one
+        account. A user that joins another's account keeps its own user_id (its
+        account until now) under `merged_account_ids`: nothing filed under it is
+        lost. Its sessions get the account too (`without_sessions`: users that
+        have none yet).
+        """
+        members: dict[str, list[UserRecord]] = {}
+        for user in users:
+            if user.unionid:
+                members.setdefault(user.unionid, []).append(user)
+        now = datetime.now(UTC)
+        operations = [
+            UpdateOne(
+                {"_id": unionid},
+                {
+                    "$setOnInsert": {"account_id": group[0].user_id, "created_at": now},
+                    "$addToSet": {"user_ids": {"$each": [user.user_id for user in group]}},
+                },
+                upsert=True,
+            )
+            for unionid, group in members.items()
+        ]
+        linked: dict[str, UserRecord] = {}
+        async with _timed(self._metrics, "link_accounts"), _translated(deadline):
+            for attempt in (1, 2):
+                try:
+                    await self._accounts.bulk_write(operations, ordered=False)
+                    break
+                except BulkWriteError as error:
+                    # Two processes opening one account: the loser joins the winner's.
+                    failures = error.details.get("writeErrors", [])
+                    if (
+                        attempt == 2
+                        or not failures
+                        or any(f.get("code") != _DUPLICATE_KEY for f in failures)
+                    ):
+                        raise
+                    operations = [operations[f["index"]] for f in failures]
+            cursor = self._primary_accounts.find({"_id": {"$in": list(members)}}, {"account_id": 1})
+            accounts = {str(doc["_id"]): str(doc["account_id"]) async for doc in cursor}
+            user_updates: list[UpdateOne] = []
+            session_updates: list[UpdateMany] = []
+            for unionid, group in members.items():
+                account_id = accounts.get(unionid)
+                if account_id is None:
+                    continue  # gone meanwhile (nothing deletes accounts): the next login retries
+                for user in group:
+                    update: dict[str, Any] = {"$set": {"account_id": account_id}}
+                    if account_id != user.user_id:
+                        update["$addToSet"] = {"merged_account_ids": user.user_id}
+                    user_updates.append(UpdateOne({"_id": ObjectId(user.user_id)}, update))
+                    if user.user_id not in without_sessions:
+                        session_updates.append(
+                            UpdateMany(
+                                {"user_id": ObjectId(user.user_id)},
+                                {"$set": {"account_id": account_id, "unionid": unionid}},
+                            )
+                        )
+                    linked[user.user_id] = replace(user, account_id=account_id)
+            if user_updates:
+                await self._users.bulk_write(user_updates, ordered=False)
+            if session_updates:
+                await self._sessions.bulk_write(session_updates, ordered=False)
+        for user in linked.values():
+            if user.account_id != user.user_id:
+                log.info("user_id=%s joined account_id=%s", user.user_id, user.account_id)
+        # Users that have sessions (cached somewhere, with the user as it was).
+        relinked = [user_id for user_id in linked if user_id not in without_sessions]
+        if relinked:
+            for listener in self._linked_listeners:
+                listener(relinked)
+        return linked
+
+    def on_users_linked(self, listener: Callable[[Sequence[str]], None]) -> None:
+        """Call `listener` with the user_ids whose account this store just linked."""
+        self._linked_listeners.append(listener)
 
     def _user_key_fields(
         self, app_id: str, openid: str, session_key: str, login: NewLogin | None = None
@@ -607,6 +1188,30 @@ class Store:
             # Wrong WXLOGIN_SECRET_KEY or a tampered document: say so to operators.
             log.error("session_key of user_id=%s cannot be unsealed", record.user.user_id)
             raise InternalError() from None
+
+
+def _login_code(doc: dict[str, Any]) -> LoginCode:
+    result = doc.get("result")
+    return LoginCode(
+        code_id=str(doc["_id"]),
+        state=str(doc.get("state", "")),
+        owner=str(doc.get("owner", "")),
+        lease_until=doc.get("lease_until"),
+        result=b"" if result is None else bytes(result),
+        reason=str(doc.get("reason", "")),
+        metadata={str(k): str(v) for k, v in (doc.get("metadata") or {}).items()},
+    )
+
+
+def _login_code_aad(code_id: str) -> str:
+    """What a kept login answer is bound to: its code; it can't be moved to another."""
+    return f"login_code:{code_id}"
+
+
+def is_user_id(text: str) -> bool:
+    """True when `text` has the shape of a user_id (an ObjectId's 24 hex digits)."""
+    # ObjectId.is_valid alone also takes any 12-character string (as raw bytes).
+    return len(text) == 24 and ObjectId.is_valid(text)
 
 
 def _access_token_aad(app_id: str) -> str:

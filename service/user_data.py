@@ -86,6 +86,27 @@ class UserDataDecryptor:
         code: str = "",
         deadline: float | None = None,
     ) -> UserData:
+        """`_decrypt`; a unionId in the data (wx.getUserInfo's) links the user's account."""
+        decrypted = await self._decrypt(
+            token, encrypted_data, iv, raw_data, signature, code=code, deadline=deadline
+        )
+        unionid = decrypted.data.get("unionId")
+        if isinstance(unionid, str) and unionid:
+            record = await self._sessions.check(token, deadline=deadline)
+            await self._sessions.learn_unionid(record.user, unionid, deadline=deadline)
+        return decrypted
+
+    async def _decrypt(
+        self,
+        token: str,
+        encrypted_data: str,
+        iv: str,
+        raw_data: str = "",
+        signature: str = "",
+        *,
+        code: str = "",
+        deadline: float | None = None,
+    ) -> UserData:
         """Decrypt encryptedData with the user's current key; check signature and watermark.
 
         `code`, if given, is a fresh wx.login() code: exchanged first, and its key

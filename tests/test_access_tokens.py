@@ -9,7 +9,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,20 @@ import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
+from google.protobuf.timestamp_pb2 import Timestamp
 
+import clients
+from clients import WxLoginClient
 from service import crypto
 from service.access_tokens import AccessTokens
 from service.crypto import SessionKeyCipher
 from service.errors import RateLimited
-from service.settings import Settings
-from service.store import Store, connect
+from service.settings import ConfigError, Settings
+from service.store import Store
+from service.store import connect as connect_mongo
 from service.wechat import WeChatHttp, new_http_session
 from service.wechat.stable_token import StableToken
-from tests.conftest import SECRET_KEY, StubFactory
+from tests.conftest import SECRET_KEY, ServiceFactory, StubFactory, b64_secret_key
 from tests.support import APP_A, APP_B, APPS, child, error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
@@ -254,7 +258,7 @@ async def broker_parts(
     settings: Settings, wechat: TokenEmulator
 ) -> AsyncIterator[tuple[Store, StableToken]]:
     """A real Store and a real StableToken (over HTTP to the emulator) to build brokers on."""
-    client = connect(settings.mongodb_uri or "")
+    client = connect_mongo(settings.mongodb_uri or "")
     store = Store(client[settings.database], SessionKeyCipher(SECRET_KEY))
     await store.ensure_indexes()
     async with new_http_session() as http:
@@ -456,3 +460,105 @@ async def test_exposed_without_callers_nobody_gets_the_token(
         assert (info.code, info.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CALLER_FORBIDDEN")
         assert "WXLOGIN_CALLERS_FILE" in info.message
     assert await wechat.stable_token_requests() == 0
+
+
+# -- the client library's cache ----------------------------------------------------------------
+
+
+class TokenServicer(auth_pb2_grpc.AuthServiceServicer):
+    """GetAccessToken only: hands out numbered tokens with a given lifetime, records requests."""
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime = lifetime
+        self.requests: list[auth_pb2.GetAccessTokenRequest] = []
+
+    async def GetAccessToken(
+        self, request: auth_pb2.GetAccessTokenRequest, context: Any
+    ) -> auth_pb2.GetAccessTokenResponse:
+        self.requests.append(request)
+        expires = Timestamp()
+        expires.FromDatetime(datetime.now(UTC) + timedelta(seconds=self.lifetime))
+        return auth_pb2.GetAccessTokenResponse(
+            access_token=f"token-{len(self.requests)}", expires_at=expires
+        )
+
+
+@asynccontextmanager
+async def token_server(lifetime: float) -> AsyncIterator[tuple[TokenServicer, WxLoginClient]]:
+    """A real grpc.aio server with TokenServicer, and a client of it."""
+    server = grpc.aio.server()
+    servicer = TokenServicer(lifetime)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with clients.connect(f"127.0.0.1:{port}") as client:
+            yield servicer, client
+    finally:
+        await server.stop(None)
+
+
+async def test_the_client_serves_the_token_from_memory() -> None:
+    """Concurrent and repeated get_access_token calls make one RPC while the token lasts."""
+    async with token_server(7200) as (servicer, client):
+        tokens = await asyncio.gather(*(client.get_access_token(APP_A) for _ in range(20)))
+        tokens.append(await client.get_access_token(APP_A))
+        assert {token.access_token for token in tokens} == {"token-1"}
+        assert len(servicer.requests) == 1
+        assert "token-1" not in repr(tokens[0])
+        await client.get_access_token(APP_B)  # one per app
+        assert len(servicer.requests) == 2
+
+
+async def test_the_client_honours_expires_at() -> None:
+    """A token at (or past) its expires_at is never served from memory: each call asks."""
+    async with token_server(-1) as (servicer, client):
+        first = await client.get_access_token(APP_A)
+        second = await client.get_access_token(APP_A)
+        assert (first.access_token, second.access_token) == ("token-1", "token-2")
+        assert len(servicer.requests) == 2
+
+
+async def test_the_client_passes_a_rejection_on_once() -> None:
+    """rejected_token of the cached token goes to wxlogin; of an older one, it is answered here."""
+    async with token_server(7200) as (servicer, client):
+        first = await client.get_access_token(APP_A)
+        replies = await asyncio.gather(
+            *(client.get_access_token(APP_A, rejected_token=first.access_token) for _ in range(10))
+        )
+        assert {reply.access_token for reply in replies} == {"token-2"}
+        assert [request.rejected_token for request in servicer.requests] == ["", "token-1"]
+        again = await client.get_access_token(APP_A, rejected_token=first.access_token)
+        assert again.access_token == "token-2"
+        assert len(servicer.requests) == 2
+
+
+async def test_the_client_gets_a_token_wechat_accepts(
+    start_service: ServiceFactory, wechat: TokenEmulator
+) -> None:
+    """End to end: the client's token works at (emulated) WeChat; a rejection replaces it."""
+    async with (
+        start_service(wechat_api_base=wechat.base) as service,
+        clients.connect(f"127.0.0.1:{service.port}") as client,
+    ):
+        token = await client.get_access_token(APP_A)
+        assert await wechat.accepts(token.access_token, APP_A)
+        await wechat.stable_token(APP_A, force=True)
+        assert not await wechat.accepts(token.access_token, APP_A)
+        fresh = await client.get_access_token(APP_A, rejected_token=token.access_token)
+        assert await wechat.accepts(fresh.access_token, APP_A)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def test_refresh_before_is_read_and_checked() -> None:
+    """WXLOGIN_ACCESS_TOKEN_REFRESH_BEFORE: 240 s by default, inside WeChat's 300 s window."""
+    env = {"WXLOGIN_APPS": "wxa:s", "WXLOGIN_SECRET_KEY": b64_secret_key()}
+    assert Settings.from_env(env).access_token_refresh_before == 240
+    set_ = {**env, "WXLOGIN_ACCESS_TOKEN_REFRESH_BEFORE": "30"}
+    assert Settings.from_env(set_).access_token_refresh_before == 30
+    for bad in ("0", "300", "soon"):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({**env, "WXLOGIN_ACCESS_TOKEN_REFRESH_BEFORE": bad})
+        assert caught.value.variable == "WXLOGIN_ACCESS_TOKEN_REFRESH_BEFORE"

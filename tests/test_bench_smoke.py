@@ -20,6 +20,8 @@ SCENARIOS = {
     "login",
     "edge_session",
     "edge_login",
+    "access_token",
+    "phone_number",
 }
 
 
@@ -59,6 +61,6 @@ def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
     assert results["scaling"]["processes_1"]["rps"] > 0
     assert results["scaling"]["processes_2"]["rps"] > 0
     assert {target["result"] for target in results["targets"]} <= {"PASS", "MISS"}
-    assert len(results["targets"]) == 9
+    assert len(results["targets"]) == 11
     assert (tmp_path / "latest.md").read_text().count("|") > 50
     assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")

@@ -29,6 +29,7 @@ from service.settings import ConfigError, Settings
 from tests.conftest import ServiceFactory, b64_secret_key
 from tests.edge_support import running_edge
 from tests.support import APP_A, APP_B, APPS, APPS_ENV, Emulator, child, error_info, run_to_exit
+from tests.test_auth_helpers import aiohttp_backend, bearer_metadata, get, grpc_backend, whoami
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 KEYS = {
@@ -510,3 +511,28 @@ def test_bad_upstream_settings_name_their_variable(env: dict[str, str], variable
         UpstreamConfig.from_env(env)
     assert caught.value.variable == variable
     assert "has a space" not in str(caught.value)
+
+
+# -- backends built on the client library ------------------------------------------------------
+
+
+async def test_backend_helpers_turn_a_refused_backend_into_a_server_error(
+    start_service: ServiceFactory,
+    callers_file: Path,
+    emu: Emulator,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A backend whose own key wxlogin refuses answers 500 / INTERNAL, never 401."""
+    async with start_service(callers_file=callers_file) as running:
+        target = f"127.0.0.1:{running.port}"
+        async with connect(target, caller_key=KEYS["edge"]) as edge:
+            token = (await edge.login(await emu.code(APP_A, "bo"), app_id=APP_A)).token
+        async with connect(target, caller_key="a-key-nobody-was-given-1") as refused:
+            async with aiohttp_backend(refused) as url:
+                status, body = await get(http, url, token)
+                assert status == 500
+                assert body["error"]["reason"] == "CALLER_UNAUTHENTICATED"
+            async with grpc_backend(refused) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await whoami(channel)(b"", metadata=bearer_metadata(token))
+                assert caught.value.code() is grpc.StatusCode.INTERNAL

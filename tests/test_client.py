@@ -84,9 +84,13 @@ async def test_round_trip_against_the_service(client: WxLoginClient, emu: Emulat
 async def test_service_failures_raise_their_classes(client: WxLoginClient, emu: Emulator) -> None:
     """What the real service answers arrives as the matching exception class."""
     code = await emu.code(APP_A, "dora")
-    await client.login(code, app_id=APP_A)
+    first = await client.login(code, app_id=APP_A)
+    # The same code again: the same session (idempotent login), not CodeUsed...
+    assert (await client.login(code, app_id=APP_A)).token == first.token
+    # ...which comes when WeChat says the code was used.
+    await emu.fault(errcode=40163, times=1)
     with pytest.raises(clients.CodeUsed) as used:
-        await client.login(code, app_id=APP_A)
+        await client.login(await emu.code(APP_A, "dora"), app_id=APP_A)
     assert used.value.reason == "CODE_USED"
     assert used.value.metadata["errcode"] == "40163"
     with pytest.raises(clients.CodeInvalid):
@@ -166,7 +170,7 @@ async def test_idempotent_calls_retry_unavailable(
 
 
 async def test_login_is_never_retried(fake: FakeUpstream, fake_client: WxLoginClient) -> None:
-    """A code is single-use: Login fails at once on UNAVAILABLE, after exactly one attempt."""
+    """WECHAT_UNAVAILABLE: Login fails after one attempt (retries only for a lost answer)."""
     fake.auth.will("Login", service_errors.WeChatUnavailable())
     with pytest.raises(clients.WeChatUnavailable):
         await fake_client.login("code")

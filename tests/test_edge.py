@@ -190,7 +190,12 @@ async def test_service_errors_through_the_edge(
     code = await emu.code(APP_A, "ida")
     status, login, _ = await call(http, "POST", url, json={"code": code, "app_id": APP_A})
     assert status == 200
-    status, body, _ = await call(http, "POST", url, json={"code": code, "app_id": APP_A})
+    # The same code again gets the same answer (idempotent login); WeChat's "used" is 401.
+    status, again, _ = await call(http, "POST", url, json={"code": code, "app_id": APP_A})
+    assert (status, again["token"]) == (200, login["token"])
+    await emu.fault(errcode=40163, times=1)
+    used = await emu.code(APP_A, "ida-used")
+    status, body, _ = await call(http, "POST", url, json={"code": used, "app_id": APP_A})
     assert status == 401
     assert_error(body, "UNAUTHENTICATED", "CODE_USED")
 

@@ -58,7 +58,10 @@ async def test_rpcs_are_counted_by_method_code_and_reason(
         for _ in range(2):
             await stub.CheckSession(auth_pb2.CheckSessionRequest(token=login.token))
         await rpc_error(stub.CheckSession(auth_pb2.CheckSessionRequest(token=UNKNOWN_TOKEN)))
-        await rpc_error(stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=code)))  # used
+        # The same code again would get the same answer (idempotent login): WeChat says "used".
+        await emu.fault(errcode=40163, times=1)
+        used = await emu.code(APP_A, "metrics-ann")
+        await rpc_error(stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=used)))
         await rpc_error(stub.Login(auth_pb2.LoginRequest(app_id="wxnot-configured", code="x")))
         seen = await scrape(http, running.metrics_port)
 

@@ -11,9 +11,13 @@ import aiohttp
 import grpc
 import pytest
 
+import clients
+from clients import connect
+from service.app import RunningService
 from service.phone_numbers import PhoneNumber
 from service.wechat import PhoneInfo
 from tests.conftest import StubFactory
+from tests.edge_support import running_edge
 from tests.support import APP_A, APPS, Emulator, error_info
 from tests.test_access_tokens import TokenEmulator, token_emulator
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
@@ -192,3 +196,54 @@ def test_the_number_is_never_in_a_repr() -> None:
     number = PhoneNumber("+1 4155550100", "4155550100", "1", None)
     info = PhoneInfo("+1 4155550100", "4155550100", "1", APP_A, 1)
     assert not re.search(r"4155550100", repr(number) + repr(info))
+
+
+# -- the edge and the client library ------------------------------------------------------------
+
+
+async def test_the_edge_answers_post_phone_number(
+    service: RunningService, emulator_url: str, http: aiohttp.ClientSession
+) -> None:
+    """POST /v1/phone-number {code} with the bearer: the number's fields; errors as documented."""
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel,
+        running_edge(f"127.0.0.1:{service.port}") as edge,
+    ):
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        _, token, phone_code = await phone_user(stub, http, emulator_url, "13700000000")
+        bearer = {"Authorization": f"Bearer {token}"}
+        url = f"{edge}/v1/phone-number"
+        async with http.post(url, json={"code": phone_code}, headers=bearer) as response:
+            assert response.status == 200
+            body = await response.json()
+        assert set(body) == {"phone_number", "pure_phone_number", "country_code", "watermark_time"}
+        assert (body["pure_phone_number"], body["country_code"]) == ("13700000000", "86")
+        assert body["watermark_time"].endswith("Z")
+        async with http.post(url, json={"code": phone_code}, headers=bearer) as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["reason"] == "CODE_USED"
+        async with http.post(url, json={"code": phone_code}) as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["reason"] == "SESSION_INVALID"
+        async with http.post(url, json={}, headers=bearer) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["reason"] == "BAD_REQUEST"
+
+
+async def test_the_client_gets_the_number(
+    service: RunningService, emulator_url: str, http: aiohttp.ClientSession
+) -> None:
+    """client.get_phone_number: a PhoneNumber without the number in repr; CodeUsed once spent."""
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel,
+        connect(f"127.0.0.1:{service.port}") as client,
+    ):
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        _, token, phone_code = await phone_user(stub, http, emulator_url, "13600000000")
+        number = await client.get_phone_number(token, phone_code)
+        assert (number.phone_number, number.pure_phone_number) == ("13600000000", "13600000000")
+        assert number.country_code == "86"
+        assert number.watermark_time is not None
+        assert "13600000000" not in repr(number)
+        with pytest.raises(clients.CodeUsed):
+            await client.get_phone_number(token, phone_code)

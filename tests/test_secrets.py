@@ -49,8 +49,9 @@ async def test_no_plaintext_token_or_session_key_in_the_database_or_logs(
     for bad in ("wxl1_" + "D" * 43, login.token[:-1]):
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.CheckSession(auth_pb2.CheckSessionRequest(token=bad))
-    with pytest.raises(grpc.aio.AioRpcError):
-        await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=code))  # reused code
+    # The same code again: the same answer, kept sealed in login_codes (checked below).
+    replay = await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=code))
+    assert replay.token == login.token
     await stub.RevokeSession(auth_pb2.RevokeSessionRequest(token=login.token))
 
     # Everything stored, as bytes. Revoke deleted the session, so log in again first.
@@ -58,6 +59,10 @@ async def test_no_plaintext_token_or_session_key_in_the_database_or_logs(
     second = await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=again["code"]))
     stored = b"".join([BSON.encode(doc) async for doc in db.sessions.find({})])
     stored += b"".join([BSON.encode(doc) async for doc in db.users.find({})])
+    stored += b"".join([BSON.encode(doc) async for doc in db.login_codes.find({})])
+    assert await db.login_codes.count_documents({}) == 2
+    for secret in (code, again["code"], login.token, login.token.split("_", 1)[1]):
+        assert secret.encode() not in stored
     assert await db.sessions.count_documents({}) == 1
     for token in (second.token, second.token.split("_", 1)[1]):
         assert token.encode() not in stored

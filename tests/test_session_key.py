@@ -12,7 +12,11 @@ import grpc
 import pytest
 from bson import ObjectId
 
+import clients
+from clients import connect
+from service.app import RunningService
 from tests.conftest import StubFactory
+from tests.edge_support import running_edge
 from tests.support import APP_A, Emulator, error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
@@ -241,3 +245,53 @@ async def test_check_session_never_asks_wechat(
     for _ in range(20):
         await stub.CheckSession(auth_pb2.CheckSessionRequest(token=token))
     assert await stats(http, emulator_url) == before
+
+
+# -- the edge and the client library ------------------------------------------------------------
+
+
+async def test_the_edge_takes_a_code_with_the_data(
+    service: RunningService, emu: Emulator, http: aiohttp.ClientSession
+) -> None:
+    """POST /v1/user-data/decrypt: 400 SESSION_KEY_STALE without the code, 200 with it."""
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel,
+        running_edge(f"127.0.0.1:{service.port}") as edge,
+    ):
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        user = name("abe")
+        token = await login(stub, emu, user)
+        code = await emu.code(APP_A, user)  # the mini-program's wx.login() before the data
+        blob = await emu.user_data(APP_A, user, data={"nickName": user})
+        body = {"encryptedData": blob["encryptedData"], "iv": blob["iv"]}
+        bearer = {"Authorization": f"Bearer {token}"}
+        url = f"{edge}/v1/user-data/decrypt"
+        async with http.post(url, json=body, headers=bearer) as response:
+            assert response.status == 400
+            error = (await response.json())["error"]
+            assert (error["code"], error["reason"]) == ("FAILED_PRECONDITION", "SESSION_KEY_STALE")
+        async with http.post(url, json={**body, "code": code}, headers=bearer) as response:
+            assert response.status == 200
+            assert (await response.json())["data"]["nickName"] == user
+
+
+async def test_the_client_sends_the_code_and_names_staleness(
+    service: RunningService, emu: Emulator
+) -> None:
+    """decrypt_user_data(code=...) decrypts; without the code, clients.SessionKeyStale."""
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel,
+        connect(f"127.0.0.1:{service.port}") as client,
+    ):
+        user = name("bea")
+        token = await login(auth_pb2_grpc.AuthServiceStub(channel), emu, user)
+        code = await emu.code(APP_A, user)
+        blob = await emu.user_data(APP_A, user, data={"nickName": user})
+        with pytest.raises(clients.SessionKeyStale) as caught:
+            await client.decrypt_user_data(token, blob["encryptedData"], blob["iv"])
+        assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        data = await client.decrypt_user_data(token, blob["encryptedData"], blob["iv"], code=code)
+        assert data.data["nickName"] == user
+        other = await emu.code(APP_A, name("cid"))
+        with pytest.raises(clients.CodeUserMismatch):
+            await client.decrypt_user_data(token, blob["encryptedData"], blob["iv"], code=other)

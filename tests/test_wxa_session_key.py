@@ -9,6 +9,9 @@ import aiohttp
 import grpc
 import pytest
 
+import clients
+from clients import connect
+from service.app import RunningService
 from tests.conftest import StubFactory
 from tests.support import APP_A, APPS, Emulator, error_info
 from tests.test_access_tokens import token_emulator
@@ -134,3 +137,21 @@ async def test_a_rejected_access_token_is_refreshed_and_the_check_retried(
         after: dict[str, Any] = await wechat.json("GET", "/_dev/stats")
         assert after["checksession_requests"] - before["checksession_requests"] == 2
         assert after["stable_token_requests"] - before["stable_token_requests"] == 1
+
+
+async def test_the_client_checks_and_resets_the_key(service: RunningService, emu: Emulator) -> None:
+    """check_session_key and reset_session_key; a stale key is clients.SessionKeyStale."""
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel,
+        connect(f"127.0.0.1:{service.port}") as client,
+    ):
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        user = name("cli")
+        token = await login(stub, emu, user)
+        assert await client.check_session_key(token)
+        await client.reset_session_key(token)
+        assert await client.check_session_key(token)
+        await emu.code(APP_A, user)
+        assert not await client.check_session_key(token)
+        with pytest.raises(clients.SessionKeyStale):
+            await client.reset_session_key(token)

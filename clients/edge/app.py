@@ -83,6 +83,7 @@ def init_app(
     app.router.add_post("/v1/login", login)
     app.router.add_get("/v1/session", session, allow_head=False)
     app.router.add_post("/v1/user-data/decrypt", decrypt_user_data)
+    app.router.add_post("/v1/phone-number", phone_number)
     app.router.add_post("/v1/logout", logout)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
@@ -267,7 +268,11 @@ async def session(request: web.Request) -> web.Response:
 
 
 async def decrypt_user_data(request: web.Request) -> web.Response:
-    """POST /v1/user-data/decrypt (bearer) {encryptedData, iv, rawData?, signature?} -> {data}."""
+    """POST /v1/user-data/decrypt (bearer) {encryptedData, iv, rawData?, signature?, code?}.
+
+    -> {data}. `code`: a wx.login() code fetched just before the data, so the key
+    is WeChat's current one (see the mini-program sample).
+    """
     token = _bearer(request)
     body = await _json_object(request)
     # WeChat's own field names, so a mini-program can forward wx.getUserProfile's result as is.
@@ -280,18 +285,56 @@ async def decrypt_user_data(request: web.Request) -> web.Response:
             _text(body, "iv", required=True),
             raw_data=_text(body, "rawData", required=False),
             signature=_text(body, "signature", required=False),
+            code=_text(body, "code", required=False),
             request_id=request[REQUEST_ID],
         ),
     )
     return web.json_response({"data": decrypted.data})
 
 
+async def phone_number(request: web.Request) -> web.Response:
+    """POST /v1/phone-number (bearer) {code} -> the user's number, from a getPhoneNumber code."""
+    token = _bearer(request)
+    body = await _json_object(request)
+    number = await _timed(
+        request,
+        "GetPhoneNumber",
+        request.app[UPSTREAM].get_phone_number(
+            token, _text(body, "code", required=True), request_id=request[REQUEST_ID]
+        ),
+    )
+    answer: dict[str, str] = {
+        "phone_number": number.phone_number,
+        "pure_phone_number": number.pure_phone_number,
+        "country_code": number.country_code,
+    }
+    if number.watermark_time is not None:
+        answer["watermark_time"] = _timestamp(number.watermark_time)
+    return web.json_response(answer)
+
+
 async def logout(request: web.Request) -> web.Response:
-    """POST /v1/logout (bearer) -> 204; ends the session now."""
+    """POST /v1/logout (bearer) -> 204: ends the session now; {"all": true} -> {revoked}.
+
+    With `{"all": true}` every session of the token's user ends (log out
+    everywhere), and the answer says how many; no body (or `"all": false`) ends
+    this one session.
+    """
+    token = _bearer(request)
+    everywhere = False
+    if request.body_exists:
+        everywhere = _flag(await _json_object(request), "all")
+    if everywhere:
+        revoked = await _timed(
+            request,
+            "RevokeAllSessions",
+            request.app[UPSTREAM].revoke_all_sessions(token, request_id=request[REQUEST_ID]),
+        )
+        return web.json_response({"revoked": revoked})
     await _timed(
         request,
         "RevokeSession",
-        request.app[UPSTREAM].revoke_session(_bearer(request), request_id=request[REQUEST_ID]),
+        request.app[UPSTREAM].revoke_session(token, request_id=request[REQUEST_ID]),
     )
     return web.Response(status=204)
 
@@ -352,6 +395,13 @@ def _text(body: dict[str, Any], field: str, *, required: bool) -> str:
     return value
 
 
+def _flag(body: dict[str, Any], field: str) -> bool:
+    value = body.get(field, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{field} must be true or false")
+    return value
+
+
 def _is_unicode(text: str) -> bool:
     # JSON's "\ud800" escapes decode to lone surrogates, which protobuf cannot carry.
     try:
@@ -368,6 +418,7 @@ def _user(user: User) -> dict[str, str]:
         "app_id": user.app_id,
         "openid": user.openid,
         "unionid": user.unionid or "",
+        "account_id": user.account_id or user.user_id,
     }
 
 

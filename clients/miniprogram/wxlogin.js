@@ -9,7 +9,12 @@
  *
  *   // any page
  *   const res = await auth.request({ path: '/v1/session' });          // logs in if needed
- *   const { data } = await auth.decryptUserData(profileResult);       // wx.getUserProfile's result
+ *
+ *   // encrypted data: wx.login() FIRST, then fetch the data, send both (see decryptFresh)
+ *   const { data } = await auth.decryptFresh(() => getWeRunData());   // any API's encryptedData
+ *
+ *   // <button open-type="getPhoneNumber" bindgetphonenumber="onPhone">
+ *   async onPhone(e) { const phone = await auth.getPhoneNumber(e); }  // { phone_number, ... }
  *
  * Plain CommonJS with no dependencies, so it drops into any mini-program.
  */
@@ -76,11 +81,16 @@ function createWxLogin({ baseUrl, appId = '', wx, storageKey = DEFAULT_STORAGE_K
     if (!loginInFlight) {
       loginInFlight = (async () => {
         const code = await wxLogin();
-        const res = await send({
-          path: '/v1/login',
-          method: 'POST',
-          data: appId ? { code, app_id: appId } : { code },
-        });
+        const body = appId ? { code, app_id: appId } : { code };
+        let res;
+        try {
+          res = await send({ path: '/v1/login', method: 'POST', data: body });
+        } catch (lost) {
+          // No answer came (network): send the SAME code once more. wxlogin keeps
+          // a code's answer for its 5 minutes, so this gets the session the first
+          // request may have opened, instead of spending another wx.login().
+          res = await send({ path: '/v1/login', method: 'POST', data: body });
+        }
         if (res.statusCode !== 200) throw new WxLoginError(res.statusCode, res.data);
         wx.setStorageSync(storageKey, res.data.token);
         return res.data;
@@ -118,26 +128,80 @@ function createWxLogin({ baseUrl, appId = '', wx, storageKey = DEFAULT_STORAGE_K
     return res;
   }
 
-  /** Decrypt what wx.getUserProfile / getPhoneNumber gave (encryptedData, iv, rawData, signature). */
-  async function decryptUserData({ encryptedData, iv, rawData, signature }) {
+  /**
+   * Decrypt WeChat's encryptedData (with iv, and rawData + signature if given).
+   * Pass `code` from a wx.login() made just before the data was fetched; without
+   * it, a 400 SESSION_KEY_STALE means wx.login() ran since the last login
+   * (WeChat replaced the session_key): use decryptFresh, which always sends one.
+   */
+  async function decryptUserData({ encryptedData, iv, rawData, signature, code }) {
     const res = await request({
       path: '/v1/user-data/decrypt',
       method: 'POST',
-      data: { encryptedData, iv, rawData, signature },
+      data: { encryptedData, iv, rawData, signature, code },
     });
     return res.data;
   }
 
-  /** End the session on the server and forget the token. */
-  async function logout() {
-    const used = storedToken();
-    wx.removeStorageSync(storageKey);
-    if (!used) return;
-    const res = await send({ path: '/v1/logout', method: 'POST', token: used });
-    if (res.statusCode >= 400) throw new WxLoginError(res.statusCode, res.data);
+  /**
+   * The decryption that cannot fail for a stale key: "code first, then encryptedData".
+   * Every wx.login() makes WeChat replace the user's session_key, so call it
+   * BEFORE `fetchData` (which resolves with an API's { encryptedData, iv, ... }):
+   * the data is then encrypted under the key that code brings, and wxlogin
+   * exchanges the code first. Never the other way round.
+   */
+  async function decryptFresh(fetchData) {
+    const code = await wxLogin();
+    const fields = await fetchData();
+    return decryptUserData({ ...fields, code });
   }
 
-  return { login, request, decryptUserData, logout, token: storedToken };
+  /**
+   * The user's phone number from the getPhoneNumber button's event:
+   * <button open-type="getPhoneNumber" bindgetphonenumber="onPhone">. Resolves
+   * with { phone_number, pure_phone_number, country_code, watermark_time }.
+   * The code in e.detail is single use and lives 5 minutes: send it at once.
+   */
+  async function getPhoneNumber(event) {
+    const detail = (event && event.detail) || {};
+    if (!detail.code) {
+      // The user declined (or the base library is too old to give a code).
+      const error = new WxLoginError(0, {
+        error: { reason: 'PHONE_NUMBER_DENIED', message: detail.errMsg || 'no phone code' },
+      });
+      throw error;
+    }
+    const res = await request({ path: '/v1/phone-number', method: 'POST', data: { code: detail.code } });
+    return res.data;
+  }
+
+  /**
+   * End the session on the server and forget the token. `logout({ all: true })`
+   * ends every session of the user (other phones too) and resolves with how many.
+   */
+  async function logout({ all = false } = {}) {
+    const used = storedToken();
+    wx.removeStorageSync(storageKey);
+    if (!used) return 0;
+    const res = await send({
+      path: '/v1/logout',
+      method: 'POST',
+      token: used,
+      data: all ? { all: true } : undefined,
+    });
+    if (res.statusCode >= 400) throw new WxLoginError(res.statusCode, res.data);
+    return all ? res.data.revoked : 1;
+  }
+
+  return {
+    login,
+    request,
+    decryptUserData,
+    decryptFresh,
+    getPhoneNumber,
+    logout,
+    token: storedToken,
+  };
 }
 
 function reasonOf(res) {

@@ -27,9 +27,11 @@ async function postJson(url, body, headers = {}) {
 }
 
 /** A `wx` for one simulated WeChat user: counts wx.login calls and requests by path. */
-function fakeWx({ user = `node-user-${process.pid}-${++users}`, code } = {}) {
+function fakeWx({ user = `node-user-${process.pid}-${++users}`, code, loseAnswers = 0 } = {}) {
   const storage = new Map();
   const calls = { login: 0, paths: [] };
+  // The next `loseAnswers` requests reach the edge, but their answers never come back.
+  let toLose = loseAnswers;
   return {
     user,
     calls,
@@ -51,6 +53,11 @@ function fakeWx({ user = `node-user-${process.pid}-${++users}`, code } = {}) {
       fetch(url, init)
         .then(async (response) => {
           const text = await response.text();
+          if (toLose > 0) {
+            toLose -= 1;
+            fail({ errMsg: 'request:fail timeout' });
+            return;
+          }
           let body = text;
           try {
             body = JSON.parse(text);
@@ -159,4 +166,78 @@ test('logout ends the session on the server and forgets the token', async () => 
   const check = await fetch(`${EDGE}/v1/session`, { headers: { Authorization: `Bearer ${token}` } });
   assert.equal(check.status, 401);
   assert.equal((await check.json()).error.reason, 'SESSION_INVALID');
+});
+
+test('getPhoneNumber sends the button\'s code and returns the number', async () => {
+  const wx = fakeWx();
+  await postJson(`${EMULATOR}/_dev/users`, { appid: APP_ID, user: wx.user, phone: '13800138000' });
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  await auth.login();
+  // What the button's bindgetphonenumber event carries once the user agrees.
+  const minted = await postJson(`${EMULATOR}/_dev/phone-code`, { appid: APP_ID, user: wx.user });
+  const phone = await auth.getPhoneNumber({ detail: { code: minted.body.code, errMsg: 'getPhoneNumber:ok' } });
+  assert.equal(phone.phone_number, '13800138000');
+  assert.equal(phone.pure_phone_number, '13800138000');
+  assert.equal(phone.country_code, '86');
+  await assert.rejects(
+    auth.getPhoneNumber({ detail: { code: minted.body.code } }),
+    (error) => error instanceof WxLoginError && error.statusCode === 401 && error.reason === 'CODE_USED',
+  );
+});
+
+test('a declined getPhoneNumber rejects without a request', async () => {
+  const wx = fakeWx();
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  await auth.login();
+  const before = wx.calls.paths.length;
+  await assert.rejects(
+    auth.getPhoneNumber({ detail: { errMsg: 'getPhoneNumber:fail user deny' } }),
+    (error) => error instanceof WxLoginError && error.reason === 'PHONE_NUMBER_DENIED',
+  );
+  assert.equal(wx.calls.paths.length, before);
+});
+
+test('decryptFresh: code first, then encryptedData, decrypts after the key changed', async () => {
+  const wx = fakeWx();
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  await auth.login();
+  const fetchProfile = async () =>
+    (await postJson(`${EMULATOR}/_dev/user-data`, { appid: APP_ID, user: wx.user, data: { nickName: 'Fresh' } })).body;
+  // Another wx.login() (a pre-fetch, another page): WeChat replaced the session_key, and
+  // data fetched now is under a key wxlogin has not seen. Without a code: stale.
+  await new Promise((resolve, reject) => wx.login({ success: resolve, fail: reject }));
+  await assert.rejects(
+    auth.decryptUserData(await fetchProfile()),
+    (error) => error instanceof WxLoginError && error.statusCode === 400 && error.reason === 'SESSION_KEY_STALE',
+  );
+  const { data } = await auth.decryptFresh(fetchProfile);
+  assert.equal(data.nickName, 'Fresh');
+  assert.equal(wx.calls.login, 3);
+});
+
+test('logout({ all: true }) ends every session of the user, on every device', async () => {
+  const user = `node-user-${process.pid}-everywhere`;
+  const phone = fakeWx({ user });
+  const tablet = fakeWx({ user });
+  const onPhone = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx: phone });
+  const onTablet = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx: tablet });
+  await onPhone.login();
+  const { token: tabletToken } = await onTablet.login();
+  const revoked = await onPhone.logout({ all: true });
+  assert.equal(revoked, 2);
+  assert.equal(phone.getStorageSync('wxlogin_token'), '');
+  const check = await fetch(`${EDGE}/v1/session`, { headers: { Authorization: `Bearer ${tabletToken}` } });
+  assert.equal(check.status, 401);
+  assert.equal((await check.json()).error.reason, 'SESSION_INVALID');
+});
+
+test('a login whose answer was lost is retried with the same code and gets that session', async () => {
+  const wx = fakeWx({ loseAnswers: 1 });
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx });
+  const result = await auth.login();
+  assert.equal(wx.calls.login, 1); // one code, sent twice
+  assert.equal(logins(wx), 2);
+  assert.equal(result.new_user, true); // the first request's answer, kept by wxlogin
+  const res = await auth.request({ path: '/v1/session' });
+  assert.equal(res.data.user.user_id, result.user.user_id);
 });

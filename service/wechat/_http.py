@@ -241,7 +241,7 @@ class WeChatHttp:
 # other becomes "other", so that a misbehaving upstream cannot mint label values.
 _COUNTED_ERRCODES = frozenset(
     {
-        0, -1, 40001, 40013, 40014, 40029, 40125, 40163, 40226, 41002, 41004, 41008,
+        0, -1, 40001, 40013, 40014, 40029, 40125, 40163, 40164, 40226, 41002, 41004, 41008,
         42001, 45009, 45011, 87009, 89002, *ACCESS_TOKEN_REJECTED,
     }
 )  # fmt: skip
