@@ -150,4 +150,18 @@ def configure(
     # On the handler: it runs in the task that logs, so it sees that call's context.
     handler.addFilter(ContextFilter())
     logging.basicConfig(level=level, handlers=[handler])
+    quiet_driver_logs()
     return handler
+
+
+# pymongo logs every command at DEBUG, JSON-dumping its documents (sealed keys
+# among them) on motor's worker threads: far more than anyone reads, and that
+# allocation on worker threads is where a garbage collection once finalized a
+# gRPC object off its own thread and crashed the process (a test run's segfault).
+DRIVER_LOGGERS = ("pymongo",)
+
+
+def quiet_driver_logs() -> None:
+    """Keep the MongoDB driver's logs at INFO and above, whatever WXLOGIN_LOG_LEVEL says."""
+    for name in DRIVER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -183,6 +184,10 @@ async def running_service(
         )
 
         guard = None if callers is None else CallerGuard(callers)
+        # Checked before the gRPC server exists: a grpc.aio server that fails to
+        # bind and is dropped crashed the test process when it was collected.
+        if not _bindable(settings.grpc_listen):
+            raise ConfigError("WXLOGIN_GRPC_LISTEN", f"cannot listen on {settings.grpc_listen}")
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
@@ -225,6 +230,9 @@ async def running_service(
         except RuntimeError:
             port = 0
         if port == 0:
+            # A grpc.aio server dropped without stop() crashes the process when
+            # it is garbage-collected (a segfault, on whichever thread collects).
+            await server.stop(None)
             raise ConfigError("WXLOGIN_GRPC_LISTEN", f"cannot listen on {settings.grpc_listen}")
         # MongoDB answered ensure_indexes a moment ago: say so before the first
         # call can arrive, or a readiness probe right after start sees NOT_FOUND.
@@ -347,3 +355,26 @@ def _consume(task: asyncio.Task[None]) -> None:
     """Read a finished ping's outcome so asyncio never logs it as unretrieved."""
     if not task.cancelled():
         task.exception()
+
+
+def _bindable(address: str) -> bool:
+    """Whether a socket can bind `address` (HOST:PORT, [V6]:PORT) as grpc will, port sharing on."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError):
+        return False
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # grpc.so_reuseport is on: several service processes share a port.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                probe.bind(sockaddr)
+            return True
+        except OSError:
+            continue
+    return False

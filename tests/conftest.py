@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import faulthandler
+import gc
 import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 import pytest_asyncio
 
 from devtools.replica_set import ReplicaSet
+from runtime import logs
 from service.app import RunningService, running_service
 from service.embedded_mongo import EmbeddedMongo
 from service.settings import Settings
@@ -55,6 +57,20 @@ async def _hang_guard() -> AsyncIterator[None]:
     guard = loop.call_later(HANG_SECONDS, dump_and_interrupt)
     yield
     guard.cancel()
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_the_loop_thread() -> Iterator[None]:
+    """After each test, collect its garbage here, on the event loop's thread.
+
+    Left to chance, a collection runs on whichever thread allocates next, often
+    one of motor's workers, and a gRPC object finalized off its own thread there
+    crashed a whole run once (segfault). The driver's DEBUG logs, the biggest
+    allocator on those threads, stay off as in production (runtime/logs.py).
+    """
+    logs.quiet_driver_logs()
+    yield
+    gc.collect()
 
 
 @pytest_asyncio.fixture(scope="session")
