@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from service.errors import SessionKeyStale, WeChatError
 from service.wechat._http import Endpoint, WeChatHttp
-from service.wechat.checksession import INVALID_SIGNATURE, signed_url
+from service.wechat._wxa_signed import INVALID_SIGNATURE, SignedSessionKeyCall
 
 ENDPOINT = Endpoint(
     "resetusersessionkey",
@@ -30,12 +30,11 @@ class NewSessionKey:
         return f"NewSessionKey(openid={self.openid!r})"
 
 
-class ResetSessionKey:
+class ResetSessionKey(SignedSessionKeyCall):
     """Resets users' session_keys at WeChat."""
 
     def __init__(self, http: WeChatHttp) -> None:
-        self._http = http
-        self._path = http.base_url + "/wxa/resetusersessionkey"
+        super().__init__(http, ENDPOINT, "/wxa/resetusersessionkey")
 
     async def __call__(
         self,
@@ -47,8 +46,7 @@ class ResetSessionKey:
         deadline: float | None = None,
     ) -> NewSessionKey:
         """The new key; SessionKeyStale on 87009, AccessTokenRejected if the token is refused."""
-        url = signed_url(self._path, access_token, openid, session_key)
-        payload = await self._http.call(ENDPOINT, url, app_id=app_id, deadline=deadline)
+        payload = await self._send(app_id, access_token, openid, session_key, deadline)
         new_key = payload.get("session_key")
         if not isinstance(new_key, str) or not new_key:
             raise WeChatError("WeChat answered resetusersessionkey without a session_key")
