@@ -159,33 +159,36 @@ async def _check_with_key(rig: Rig, third: DevStack, bare_grpc: str) -> dict[str
     )
 
 
-async def _with_metrics(rig: Rig, bare_grpc: str) -> dict[str, Any]:
-    """CheckSession on a stack whose service serves /metrics (WXLOGIN_METRICS_LISTEN).
+async def _check_on_own_stack(
+    rig: Rig, bare_grpc: str, *, number: int, key: str, title: str, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """CheckSession (valid token) on a stack of its own, started with `env` on top.
 
-    Its ratio beside check_valid's, both against the same bare server in the same
-    run, is the cost of the metrics (target: >= 0.85, bench/targets.py).
+    Its ratio beside check_valid's, both against the same bare server in the same run,
+    is what that setting costs (bench/targets.py).
     """
-    env = {**os.environ, "WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"}
+    suffix = f"@{number}"
     try:
-        async with _stack(rig.workdir, 4, 1, edge=False, env=env) as fourth:
-            _adopt(rig, fourth, "@4")
+        async with _stack(rig.workdir, number, 1, edge=False, env={**os.environ, **env}) as own:
+            _adopt(rig, own, suffix)
             rig.arrange([])
-            emulator = Emulator(fourth.emulator_url, rig.http)
-            async with grpc.aio.insecure_channel(fourth.grpc_target) as channel:
-                token, _ = await login(channel, await emulator.code("bench-metrics"))
+            emulator = Emulator(own.emulator_url, rig.http)
+            async with grpc.aio.insecure_channel(own.grpc_target) as channel:
+                token, _ = await login(channel, await emulator.code(f"bench-{key}"))
             return await scenarios.grpc_fixed(
                 rig,
-                key="check_metrics",
-                title="CheckSession, valid token, metrics on",
+                key=key,
+                title=title,
                 method="CheckSession",
                 request=auth_pb2.CheckSessionRequest(token=token).SerializeToString(),
                 expect=Expect(),
-                target=fourth.grpc_target,
+                target=own.grpc_target,
                 bare=bare_grpc,
-                service="service-1@4",
+                service=f"service-1{suffix}",
             )
     finally:
-        for name in [name for name in rig.processes if name.endswith("@4")]:
+        # Gone with the stack: nothing may try to pin them any more.
+        for name in [name for name in rig.processes if name.endswith(suffix)]:
             del rig.processes[name]
 
 
@@ -230,6 +233,7 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         # The caller scenario's baseline answers what a valid CheckSession does.
         fixtures.canned_grpc["check_caller"] = fixtures.canned_grpc["check_valid"]
         fixtures.canned_grpc["check_metrics"] = fixtures.canned_grpc["check_valid"]
+        fixtures.canned_grpc["check_fixed_expiry"] = fixtures.canned_grpc["check_valid"]
         canned = workdir / "canned.json"
         canned.write_text(fixtures.canned_json())
         bare_grpc = await _bare(rig, exits, "grpc", canned)
@@ -245,7 +249,28 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         log("CheckSession with a caller key checked (a stack with callers)")
         results["scenarios"].append(await _with_callers(rig, bare_grpc))
         log("CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)")
-        results["scenarios"].append(await _with_metrics(rig, bare_grpc))
+        results["scenarios"].append(
+            await _check_on_own_stack(
+                rig,
+                bare_grpc,
+                number=4,
+                key="check_metrics",
+                title="CheckSession, valid token, metrics on",
+                env={"WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"},
+            )
+        )
+        log("CheckSession with fixed expiry (a stack whose sessions are never renewed)")
+        results["scenarios"].append(
+            await _check_on_own_stack(
+                rig,
+                bare_grpc,
+                number=5,
+                key="check_fixed_expiry",
+                title="CheckSession, valid token, no sliding expiry",
+                # The absolute lifetime equal to the idle one: nothing is ever renewed.
+                env={"WXLOGIN_SESSION_TTL": "604800", "WXLOGIN_SESSION_MAX_TTL": "604800"},
+            )
+        )
         rig.arrange(["service-1"])
         log("scaling: 1 and 2 service processes")
         results["scaling"] = await _scaling(rig, stack)

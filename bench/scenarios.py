@@ -6,6 +6,7 @@
 | check_unknown | h2load, one CheckSession body           | service    | bare grpc.aio |
 | check_caller  | h2load, CheckSession + caller key       | service(*) | bare grpc.aio |
 | check_metrics | h2load, one CheckSession body           | service(+) | bare grpc.aio |
+| check_fixed_expiry | h2load, one CheckSession body      | service(-) | bare grpc.aio |
 | decrypt       | h2load, one DecryptUserData body        | service    | bare grpc.aio |
 | login         | bench.driver, one fresh code per call   | service    | bare grpc.aio |
 | access_token  | h2load, one GetAccessToken body         | service    | bare grpc.aio |
@@ -16,6 +17,8 @@
 (*) a stack of its own with a callers file, as in production: every call's key is checked.
 (+) a stack of its own with WXLOGIN_METRICS_LISTEN: its ratio over check_valid's is the
     cost of the metrics.
+(-) a stack of its own whose sessions are never renewed (WXLOGIN_SESSION_MAX_TTL equal to
+    WXLOGIN_SESSION_TTL): check_valid's ratio over its ratio is the cost of sliding expiry.
 
 Plus two measurements without a baseline: service RSS over 200k CheckSession calls, and
 CheckSession throughput with one and with two service processes sharing the port.

@@ -1,6 +1,8 @@
 """`make demo`: a simulated mini-program walks through wxlogin's whole flow, one step per line.
 
-Uses the dev stack at the default addresses when one is running (`make run`);
+Uses the dev stack at the default addresses when one is running (`make run`),
+calling its service as a backend with the caller keys `make run` keeps in .data/
+(or WXLOGIN_CALLER_KEY) and WXLOGIN_UPSTREAM_CA/_CERT/_KEY for TLS;
 otherwise starts a temporary one (emulator, embedded mongod, service, edge) on
 free ports with 3-second sessions, so the expired-token step needs no long wait.
 """
@@ -13,19 +15,22 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from devtools.devstack import DEV_APP, DEV_APPS, DevStack
+import clients
+from clients import TlsConfig, UpstreamConfig
+from devtools.devstack import CALLER_KEYS_FILE, DEV_APP, DEV_APPS, DevStack
 
 DEFAULT_EDGE = "http://127.0.0.1:8080"
 DEFAULT_EMULATOR = "http://127.0.0.1:9090"
+DEFAULT_GRPC = "127.0.0.1:50051"
 # Short enough to watch a session expire, long enough for the steps before it
 # (the first token is used until the logout step, after the phone number's).
 OWN_STACK_SESSION_TTL = 5
@@ -48,6 +53,10 @@ class Stack:
     description: str
     # WXLOGIN_MAX_SESSIONS_PER_USER of the stack (a running one: the default is assumed).
     max_sessions: int = 10
+    # Where backends call the service (gRPC), and how: TLS and caller keys by caller name.
+    grpc_target: str = DEFAULT_GRPC
+    tls: TlsConfig | None = None
+    caller_keys: Mapping[str, str] = field(default_factory=dict)
 
 
 class DemoFailed(Exception):
@@ -115,6 +124,7 @@ class Walkthrough:
 
         self.say("Every later request carries the token; backends check it with CheckSession")
         await self._expect(200, "GET", "/v1/session", token=token)
+        await self._as_a_backend(token)
 
         self.say("The same code again (the answer was lost, the mini-program retried)")
         print("    WeChat codes are single-use, but wxlogin keeps the answer (sealed) for the")
@@ -282,6 +292,52 @@ class Walkthrough:
             "\nThat is wxlogin: codes in, opaque tokens out, sessions and decryption in one place."
         )
 
+    async def _as_a_backend(self, token: str) -> None:
+        """A backend calls the service itself (gRPC, the client library), as a known caller."""
+        stack = self._stack
+        self.say("A backend checks the same token over gRPC, as a caller the service knows")
+        key = stack.caller_keys.get("backend")
+        if key is None:
+            print(
+                "    (no caller keys found: set WXLOGIN_CALLER_KEY, or run `make run` here, which"
+                f"\n    keeps them in .data/{CALLER_KEYS_FILE})"
+            )
+            return
+        scheme = "TLS" if stack.tls is not None else "plaintext, loopback"
+        print(f"    clients.connect({stack.grpc_target!r}, caller_key=<backend's key>)  ({scheme})")
+        async with clients.connect(stack.grpc_target, tls=stack.tls, caller_key=key) as backend:
+            session = await backend.check_session(token)
+            print(f"    <- user_id {session.user.user_id}, expires_at {session.expires_at:%c}")
+            print("    The same backend asking for the app's WeChat access_token, not granted it:")
+            await self._refused(backend.get_access_token(stack.app_id), "CALLER_FORBIDDEN")
+        print("    And a caller without a key (x-wxlogin-caller-key) is not served at all:")
+        async with clients.connect(stack.grpc_target, tls=stack.tls) as stranger:
+            await self._refused(stranger.check_session(token), "CALLER_UNAUTHENTICATED")
+        granted = stack.caller_keys.get("demo")
+        if granted is not None:
+            print(
+                "    A caller granted GetAccessToken by name gets the token every replica shares:"
+            )
+            async with clients.connect(
+                stack.grpc_target, tls=stack.tls, caller_key=granted
+            ) as owner:
+                shared = await owner.get_access_token(stack.app_id)
+            print(
+                f"    <- access_token {_short(shared.access_token)}, "
+                f"expires_at {shared.expires_at:%c}"
+            )
+
+    async def _refused(self, call: Awaitable[Any], reason: str) -> None:
+        try:
+            await call
+        except clients.CallerError as refused:
+            print(f"    <- {type(refused).__name__} {refused.reason}: {refused.message!r}")
+            if refused.reason != reason:
+                raise DemoFailed(f"expected {reason}, got {refused.reason}") from None
+            return
+        # A service started without WXLOGIN_CALLERS_FILE (on loopback) serves everyone.
+        print("    <- answered: this service has no callers file, so it serves every caller")
+
     async def _user_data(self, nick_name: str) -> dict[str, Any]:
         """What an API such as wx.getUserProfile gives: encrypted under the current key."""
         body = {"appid": self._stack.app_id, "user": USER, "data": {"nickName": nick_name}}
@@ -378,7 +434,25 @@ async def own_stack(data_dir: Path) -> AsyncIterator[Stack]:
             DEV_APP,
             f"a temporary dev stack ({OWN_STACK_SESSION_TTL}-second sessions)",
             max_sessions=OWN_STACK_MAX_SESSIONS,
+            grpc_target=stack.grpc_target,
+            caller_keys=dict(stack.caller_keys),
         )
+
+
+def _backend_credentials(env: Mapping[str, str]) -> dict[str, Any]:
+    """How the demo calls a running stack's service: WXLOGIN_UPSTREAM_* for TLS, and the
+    dev stack's caller keys (its data dir), or WXLOGIN_CALLER_KEY as the backend's key.
+
+    Raises ConfigError (shown as one line) on a bad WXLOGIN_UPSTREAM_* or key.
+    """
+    upstream = UpstreamConfig.from_env(env)
+    keys: dict[str, str] = {}
+    path = Path(env.get("WXLOGIN_DATA_DIR") or ".data") / CALLER_KEYS_FILE
+    if path.is_file():
+        keys = {name: str(key) for name, key in json.loads(path.read_text()).items()}
+    if upstream.caller_key is not None:
+        keys = {"backend": upstream.caller_key}
+    return {"tls": upstream.tls, "caller_keys": keys}
 
 
 async def demo(args: argparse.Namespace) -> int:
@@ -390,7 +464,14 @@ async def demo(args: argparse.Namespace) -> int:
         )
         try:
             if running:
-                stack = Stack(args.edge, args.emulator, args.app_id, "the running dev stack")
+                stack = Stack(
+                    args.edge,
+                    args.emulator,
+                    args.app_id,
+                    "the running dev stack",
+                    grpc_target=args.grpc,
+                    **_backend_credentials(os.environ),
+                )
                 await Walkthrough(http, stack).run()
             else:
                 with tempfile.TemporaryDirectory(prefix="wxlogin-demo-") as tmp:
@@ -411,6 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--edge", default=DEFAULT_EDGE, help=f"edge URL ({DEFAULT_EDGE})")
     parser.add_argument(
         "--emulator", default=DEFAULT_EMULATOR, help=f"emulator URL ({DEFAULT_EMULATOR})"
+    )
+    parser.add_argument(
+        "--grpc", default=DEFAULT_GRPC, help=f"service gRPC target ({DEFAULT_GRPC})"
     )
     parser.add_argument("--app-id", default=DEV_APP, help=f"app id ({DEV_APP})")
     parser.add_argument("--own-stack", action="store_true", help="always start a temporary stack")

@@ -48,7 +48,8 @@ DEV_APP = DEV_APPS.split(":", 1)[0]
 REPLICAS_VARIABLE = "WXLOGIN_DEV_MONGO_REPLICAS"
 
 # The dev stack's callers and what each may call (every app). The edge gets just
-# the RPCs it forwards; a backend checks sessions and decrypts; the demo shows all.
+# the RPCs it forwards; a backend checks sessions and decrypts; the demo shows all,
+# the app's access_token included (granted only by name, see service/callers.py).
 DEV_CALLERS: Mapping[str, tuple[str, ...]] = {
     "edge": (
         "Login",
@@ -59,7 +60,7 @@ DEV_CALLERS: Mapping[str, tuple[str, ...]] = {
         "GetPhoneNumber",
     ),
     "backend": ("CheckSession", "DecryptUserData", "RevokeSession"),
-    "demo": ("*",),
+    "demo": ("*", "GetAccessToken"),
 }
 CALLER_KEYS_FILE = "dev-caller-keys.json"
 CALLERS_FILE = "dev-callers.toml"

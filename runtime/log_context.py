@@ -1,4 +1,4 @@
-"""The call a log line belongs to: its request id and, once known, its user_id.
+"""The call a log line belongs to: its request id and, once known, its caller and user_id.
 
 A server begins a `CallContext` when it starts handling a call (the service in
 its RPC decorator, the edge in its middleware) and ends it when the call ends;
@@ -24,6 +24,7 @@ class CallContext:
     """What the log lines of one call share."""
 
     request_id: str
+    caller: str | None = None  # the authenticated caller's name (note_caller)
     user_id: str | None = None  # set once the domain knows it (note_user)
 
 
@@ -45,6 +46,13 @@ def current() -> CallContext | None:
     return _CURRENT.get()
 
 
+def note_caller(name: str) -> None:
+    """Name the call's caller (a callers-file name, never its key) on its later log lines."""
+    call = _CURRENT.get()
+    if call is not None:
+        call.caller = name
+
+
 def note_user(user_id: str) -> None:
     """Name the call's user (a user_id, never an openid or token) on its later log lines."""
     call = _CURRENT.get()
@@ -53,7 +61,7 @@ def note_user(user_id: str) -> None:
 
 
 class ContextFilter(logging.Filter):
-    """Puts the current call's request_id (and user_id) on each record; drops nothing.
+    """Puts the current call's request_id (caller, user_id) on each record; drops nothing.
 
     Attributes a record already has (from `extra=`) are left alone: the edge's
     access line names its request after the request's context has ended.
@@ -64,6 +72,8 @@ class ContextFilter(logging.Filter):
         if call is not None:
             if not hasattr(record, "request_id"):
                 record.request_id = call.request_id
+            if call.caller is not None and not hasattr(record, "caller"):
+                record.caller = call.caller
             if call.user_id is not None and not hasattr(record, "user_id"):
                 record.user_id = call.user_id
         return True

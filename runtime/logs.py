@@ -9,7 +9,7 @@ daemon thread flushes), and all of it when logging shuts down at exit. A process
 killed with SIGKILL loses at most the last fraction of a second of INFO lines.
 
 Two formats (WXLOGIN_LOG_FORMAT): `text`, a line a person reads, ending with
-the call's `request_id=` when there is one; `json`, one object per line with
+the call's `caller=` and `request_id=` when known; `json`, one object per line with
 time, level, logger, message and, where known, request_id, caller and user_id
 (runtime/log_context.py), for log pipelines. Both say exactly what the same
 message says: nothing more can leak through one than through the other.
@@ -90,13 +90,16 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
 
 
 class TextFormatter(logging.Formatter):
-    """LOG_FORMAT, and the call's request id at the end of the line when there is one."""
+    """LOG_FORMAT, then the call's caller and request id at the end of the line when known."""
 
     def __init__(self) -> None:
         super().__init__(LOG_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
+        caller = getattr(record, "caller", None)
+        if caller is not None:
+            line += f" caller={caller}"
         request_id = getattr(record, "request_id", None)
         # Lines that already name it (the edge's access line) don't say it twice.
         if request_id is not None and "request_id=" not in record.message:
@@ -109,12 +112,6 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        caller = getattr(record, "caller", None)
-        suffix = f" caller={caller}"
-        if caller is not None and message.endswith(suffix):
-            # service/callers.py adds the caller to the text for the text form; here
-            # it has a field of its own.
-            message = message[: -len(suffix)]
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC)
             .isoformat(timespec="milliseconds")

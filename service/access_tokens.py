@@ -47,6 +47,7 @@ from service.errors import (
     StoreUnavailable,
     WxLoginError,
 )
+from service.metrics import Metrics
 from service.records import AccessTokenRecord
 from service.store import Store
 from service.wechat import AccessTokenRejected
@@ -101,8 +102,10 @@ class AccessTokens:
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
         granted_only: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._fetch = stable_token
         self._apps = apps
         self._refresh_before = refresh_before
@@ -194,6 +197,8 @@ class AccessTokens:
             # Due: some process is refreshing it; look again soon, meanwhile it still works.
             serve_until = min(now + _RECHECK, record.expires_at - self._min_left)
         self._cache[record.app_id] = _Cached(record, serve_until)
+        if self._metrics is not None:
+            self._metrics.access_token_expires(record.app_id, record.expires_at)
         if record.app_id not in self._known:
             self._known.add(record.app_id)
         self._wake.set()
@@ -297,11 +302,15 @@ class AccessTokens:
         try:
             self.fetches += 1
             fetched = await self._fetch(app_id, force=force, deadline=deadline)
-        except BaseException:
+        except BaseException as error:
+            if self._metrics is not None and not isinstance(error, asyncio.CancelledError):
+                self._metrics.access_token_refresh(app_id, "error")
             # Let another process (or a later call) try at once rather than after the lease.
             with contextlib.suppress(WxLoginError):  # else the lease expires on its own
                 await self._store.release_access_token_lease(app_id, owner=self._owner)
             raise
+        if self._metrics is not None:
+            self._metrics.access_token_refresh(app_id, "ok")
         now = self._clock()
         expires_at = now + fetched.expires_in
         same = seen is not None and seen.token_sha256 == crypto.token_id(fetched.access_token)

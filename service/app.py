@@ -18,7 +18,7 @@ from pymongo.errors import ConfigurationError
 from runtime.metrics_server import serving_metrics
 from service.access_tokens import AccessTokens
 from service.cache import SessionCache, UnknownTokens
-from service.callers import CallerGuard, Callers, install_log_context, load_callers
+from service.callers import CallerGuard, Callers, load_callers
 from service.crypto import SessionKeyCipher
 from service.embedded_mongo import EmbeddedMongo
 from service.errors import StoreUnavailable
@@ -149,6 +149,7 @@ async def running_service(
             # Without a callers file nobody is granted GetAccessToken by name: fine on
             # loopback, where only this host can call; refused when exposed beyond it.
             granted_only=callers is None and problem is not None,
+            metrics=metrics,
         )
         access_tokens.start()
         stack.push_async_callback(access_tokens.aclose)
@@ -201,9 +202,11 @@ async def running_service(
                 "session": settings.max_in_flight_session_calls,
             }
         )
-        servicer = AuthServicer(sessions, user_data, limits, metrics, wechat_bound=token_rpcs)
-        # With callers, every AuthService RPC is behind the guard; health stays open.
-        add_auth_service(servicer if guard is None else guard.wrap(servicer, RPC_NAMES), server)
+        # With callers, every AuthService RPC is admitted by the guard; health stays open.
+        servicer = AuthServicer(
+            sessions, user_data, limits, metrics, wechat_bound=token_rpcs, guard=guard
+        )
+        add_auth_service(servicer, server)
         metrics_port = None
         if metrics is not None and settings.metrics_listen is not None:
             metrics.track(
@@ -306,10 +309,7 @@ def _load_callers(settings: Settings) -> Callers | None:
     """The callers file's callers, or None when there is none (everyone may call everything)."""
     if settings.callers_file is None:
         return None
-    callers = load_callers(settings.callers_file, apps=settings.apps, rpcs=RPC_NAMES)
-    # Only now: without callers, there is no caller to name on a log line.
-    install_log_context()
-    return callers
+    return load_callers(settings.callers_file, apps=settings.apps, rpcs=RPC_NAMES)
 
 
 async def _watch_store(

@@ -1,4 +1,4 @@
-"""Who calls us: the callers file, the interceptor that checks each call, the current caller.
+"""Who calls us: the callers file, the guard that admits each call, the current caller.
 
 WXLOGIN_CALLERS_FILE is TOML, one table per caller:
 
@@ -27,8 +27,8 @@ stays open to everyone.
 
 Authorising an app needs the app, which for token RPCs is known only once the
 token is resolved: the guard authenticates the caller and checks the RPC,
-then puts the caller in a context variable, and the domain (service/sessions.py)
-calls `authorize_app` once it knows the app.
+and the servicer runs the call `acting_as` that caller (a context variable), so
+the domain (service/sessions.py) can call `authorize_app` once it knows the app.
 """
 
 from __future__ import annotations
@@ -38,22 +38,21 @@ import hmac
 import logging
 import re
 import tomllib
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
+from runtime import log_context
 from runtime.config import ConfigError
 from runtime.ratelimited_log import RateLimitedLog
-from service.errors import CallerForbidden, CallerUnauthenticated, WxLoginError, to_grpc_status
+from service.errors import CallerForbidden, CallerUnauthenticated, WxLoginError
 
 log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 CALLERS_VARIABLE = "WXLOGIN_CALLERS_FILE"
 CALLER_KEY_METADATA = "x-wxlogin-caller-key"
@@ -272,8 +271,10 @@ class CallerGuard:
     and leaves its fast path for registered methods. Measured side by side
     (service CPU per CheckSession, one process, same load), the interceptor cost
     about 20 % per call and these same checks wrapped around the servicer's
-    methods about 5 %. So the guard wraps the servicer (`wrap`), before its
-    methods are registered; services registered beside it (health) stay open.
+    methods about 5 %. So the guard first wrapped the servicer, before its
+    methods are registered. Now the servicer's one RPC wrapper (service/servicer.py)
+    calls `admit` first, so refused calls are counted and carry a request id like
+    every other; services registered beside it (health) stay open.
     """
 
     def __init__(self, callers: Callers) -> None:
@@ -281,45 +282,30 @@ class CallerGuard:
         # Refusals can come by the thousand: one line per kind per interval.
         self._quiet = RateLimitedLog(log)
 
-    def wrap(self, servicer: object, rpcs: Iterable[str]) -> Any:
-        """An object with `servicer`'s methods named in `rpcs`, each behind `guard`."""
-        guarded = _Guarded()
-        for rpc in rpcs:
-            setattr(guarded, rpc, self.guard(rpc, getattr(servicer, rpc)))
-        return guarded
+    def admit(self, rpc: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        """The caller of this call, granted `rpc`.
 
-    def guard(
-        self,
-        rpc: str,
-        behaviour: Callable[[Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
-    ) -> Callable[[Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
-        """`behaviour` (a unary RPC method), run only for a known caller granted `rpc`."""
-
-        async def guarded(request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
-            try:
-                caller = self._identify(context)
-                if not caller.may_call(rpc):
-                    raise CallerForbidden(f"this caller may not call {rpc}")
-            except WxLoginError as error:
-                # The peer, so operators can find a misconfigured caller; never the key.
-                self._quiet.log(
-                    logging.WARNING,
-                    error.reason,
-                    "%s refused: %s (peer %s)",
-                    rpc,
-                    error.reason,
-                    context.peer(),
-                )
-                status = to_grpc_status(error)
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            token = _CURRENT.set(caller)
-            try:
-                return await behaviour(request, context)
-            finally:
-                _CURRENT.reset(token)
-
-        guarded.__name__ = getattr(behaviour, "__name__", rpc)
-        return guarded
+        Raises CallerUnauthenticated or CallerForbidden, each logged here
+        (rate-limited, with the peer, never the key). A known caller is named on
+        the call's log lines and metrics even when it is refused.
+        """
+        try:
+            caller = self._identify(context)
+            log_context.note_caller(caller.name)
+            if not caller.may_call(rpc):
+                raise CallerForbidden(f"this caller may not call {rpc}")
+        except WxLoginError as error:
+            # The peer, so operators can find a misconfigured caller; never the key.
+            self._quiet.log(
+                logging.WARNING,
+                error.reason,
+                "%s refused: %s (peer %s)",
+                rpc,
+                error.reason,
+                context.peer(),
+            )
+            raise
+        return caller
 
     def _identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         callers = self.callers
@@ -339,28 +325,11 @@ class CallerGuard:
         return caller
 
 
-class _Guarded:
-    """What `CallerGuard.wrap` returns: guarded methods set as attributes."""
-
-
-def install_log_context() -> None:
-    """Put the current caller's name on every log line made during its calls (idempotent).
-
-    A record factory rather than a handler filter: it applies to every record,
-    whatever handlers the process has (the service's stderr, pytest's capture).
-    """
-    factory = logging.getLogRecordFactory()
-    if getattr(factory, "adds_wxlogin_caller", False):
-        return
-
-    def record_with_caller(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = factory(*args, **kwargs)
-        caller = _CURRENT.get()
-        if caller is not None:
-            record.caller = caller.name
-            # Names are checked to be plain (_NAME): safe to add to the format as is.
-            record.msg = f"{record.msg} caller={caller.name}"
-        return record
-
-    record_with_caller.adds_wxlogin_caller = True  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(record_with_caller)
+@contextmanager
+def acting_as(caller: Caller) -> Iterator[None]:
+    """Run the rest of a call as `caller`: `current_caller` and `authorize_app` see it."""
+    token = _CURRENT.set(caller)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)

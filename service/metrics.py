@@ -10,8 +10,8 @@
                                                           without one (network, timeout,
                                                           http_5xx, http_4xx, bad_response)
     wxlogin_wechat_request_duration_seconds{endpoint}     time per attempt, histogram
-    wxlogin_access_token_refreshes_total{app_id,outcome}  (issue 11 feeds these two)
-    wxlogin_access_token_expiry_timestamp_seconds{app_id}
+    wxlogin_access_token_refreshes_total{app_id,outcome}  stable_token fetches: ok, error
+    wxlogin_access_token_expiry_timestamp_seconds{app_id} the token this process serves
     wxlogin_session_cache_lookups_total{result}           CheckSession's cache: hit, miss
     wxlogin_session_cache_entries{cache}                  sessions, unknown_tokens
     wxlogin_mongodb_operation_duration_seconds{operation,outcome}
@@ -87,14 +87,15 @@ class Metrics:
             buckets=WECHAT_BUCKETS,
             registry=registry,
         )
-        # Defined here so that the names are fixed; the access-token code (issue 11) feeds them.
-        self.access_token_refreshes = Counter(
+        # Fed by the access-token broker (service/access_tokens.py) through the methods below.
+        self._access_token_refreshes = Counter(
             "wxlogin_access_token_refreshes",
-            "access_token fetches from WeChat, by app and outcome (ok, error)",
+            "access_token fetches from WeChat (stable_token) by this process, by app and "
+            "outcome (ok, error)",
             ["app_id", "outcome"],
             registry=registry,
         )
-        self.access_token_expiry = Gauge(
+        self._access_token_expiry = Gauge(
             "wxlogin_access_token_expiry_timestamp_seconds",
             "When the current access_token of each app expires (Unix time)",
             ["app_id"],
@@ -158,6 +159,14 @@ class Metrics:
         if latency is None:
             latency = self._wechat_latency[endpoint] = self._wechat_seconds.labels(endpoint)
         latency.observe(seconds)
+
+    def access_token_refresh(self, app_id: str, outcome: str) -> None:
+        """One stable_token fetch by this process: outcome "ok" or "error"."""
+        self._access_token_refreshes.labels(app_id, outcome).inc()
+
+    def access_token_expires(self, app_id: str, epoch_seconds: float) -> None:
+        """The app's current access_token, as this process serves it, expires then."""
+        self._access_token_expiry.labels(app_id).set(epoch_seconds)
 
     def mongodb_operation(self, operation: str, outcome: str, seconds: float) -> None:
         """One MongoDB operation (service/store.py) and how it ended."""

@@ -17,7 +17,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from runtime import log_context
 from runtime.ratelimited_log import RateLimitedLog
 from service.access_tokens import AccessTokens
-from service.callers import current_caller
+from service.callers import CallerGuard, acting_as
 from service.errors import BadRequest, InternalError, WxLoginError, to_grpc_status
 from service.limits import InFlightLimits
 from service.metrics import Metrics
@@ -31,9 +31,6 @@ from service.wxa_session_keys import WxaSessionKeys
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
-# Crashes and rejected input can repeat on every request; one line (or one
-# traceback) per cause per minute, with the count of the rest, is enough to act on.
-_quiet = RateLimitedLog(log)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -48,8 +45,9 @@ _CANCELLED = ("CANCELLED", "")
 def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Turn every failure into a status with ErrorInfo; nothing internal leaks.
 
-    Also what every call shares: its request id on each of its log lines
-    (runtime/log_context.py), and its count and latency in the metrics.
+    Also what every call shares, refused ones included: its request id (and
+    caller) on each of its log lines (runtime/log_context.py), the caller check
+    (service/callers.py), and its count and latency in the metrics.
     """
     name = handler.__name__
 
@@ -63,7 +61,7 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         call = log_context.begin(self._request_ids.of_call(context.invocation_metadata()))
         outcome = _CANCELLED
         try:
-            answer = await _answer(self, request, context)
+            answer = await _admitted(self, request, context)
             if not isinstance(answer, WxLoginError):
                 outcome = _OK
                 return answer
@@ -72,14 +70,25 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             await context.abort(status.code, status.details, status.trailing_metadata)
         finally:
             if self._metrics is not None:
-                caller = current_caller()
-                self._metrics.rpc(
-                    name,
-                    *outcome,
-                    "" if caller is None else caller.name,
-                    time.perf_counter() - started,
-                )
+                # The caller as admitted (or refused, when known): "" without one.
+                caller = getattr(log_context.current(), "caller", None) or ""
+                self._metrics.rpc(name, *outcome, caller, time.perf_counter() - started)
             log_context.end(call)
+
+    async def _admitted(
+        self: AuthServicer,
+        request: Req | Undecodable,
+        context: grpc.aio.ServicerContext[Req, Resp],
+    ) -> Resp | WxLoginError:
+        """With callers configured, the call's caller first: an unknown one learns nothing more."""
+        if self._guard is None:
+            return await _answer(self, request, context)
+        try:
+            caller = self._guard.admit(name, context)
+        except WxLoginError as refused:
+            return refused  # logged by the guard: rate-limited, with the peer
+        with acting_as(caller):
+            return await _answer(self, request, context)
 
     async def _answer(
         self: AuthServicer,
@@ -88,8 +97,16 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     ) -> Resp | WxLoginError:
         """The response, or the error to answer with."""
         if isinstance(request, Undecodable):
-            # Already logged, rate-limited, where the bytes failed to parse
-            # (service/rpc_handlers.py): a line here would be one per request.
+            # Junk can come by the thousand: one line per cause per interval.
+            kind = request.error_kind
+            self._quiet.log(
+                logging.WARNING,
+                f"{name}: undecodable {kind}",
+                "%s: request bytes are not a %s (%s); answered BAD_REQUEST",
+                name,
+                request.message_type,
+                kind,
+            )
             error: WxLoginError = BadRequest(f"the request is not a valid {request.message_type}")
         else:
             try:
@@ -104,13 +121,15 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
                 # e.g. a Struct that can't hold the decrypted JSON; never a traceback,
                 # and never the exception's text (it may quote the input).
                 kind = type(malformed).__name__
-                _quiet.log(logging.WARNING, f"{name}: {kind}", "%s rejected input: %s", name, kind)
+                self._quiet.log(
+                    logging.WARNING, f"{name}: {kind}", "%s rejected input: %s", name, kind
+                )
                 error = BadRequest("request could not be processed")
             except asyncio.CancelledError:
                 raise  # the caller went away or the deadline passed
             except Exception as crash:
                 cause = f"{name} crashed: {type(crash).__name__}"
-                _quiet.log(logging.ERROR, cause, "%s crashed", name, exc_info=True)
+                self._quiet.log(logging.ERROR, cause, "%s crashed", name, exc_info=True)
                 error = InternalError()
         return error
 
@@ -159,13 +178,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         limits: InFlightLimits | None = None,
         metrics: Metrics | None = None,
         wechat_bound: WeChatBound | None = None,
+        guard: CallerGuard | None = None,
     ) -> None:
+        # guard: with a callers file, every AuthService call is admitted by it first.
+        self._guard = guard
         self._sessions = sessions
         self._user_data = user_data
         self._token_rpcs = wechat_bound
         self._limits = limits or InFlightLimits()
         self._metrics = metrics
         self._request_ids = RequestIds()
+        # Crashes and rejected input can repeat on every request; one line (or one
+        # traceback) per cause per minute, with the count of the rest, is enough to act on.
+        self._quiet = RateLimitedLog(log)
 
     @_rpc
     async def Login(

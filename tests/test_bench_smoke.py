@@ -16,6 +16,7 @@ SCENARIOS = {
     "check_unknown",
     "check_caller",
     "check_metrics",
+    "check_fixed_expiry",
     "decrypt",
     "login",
     "edge_session",

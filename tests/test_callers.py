@@ -28,6 +28,7 @@ from service.callers import Callers, load_callers
 from service.settings import ConfigError, Settings
 from tests.conftest import ServiceFactory, b64_secret_key
 from tests.edge_support import running_edge
+from tests.log_support import captured_logs
 from tests.support import APP_A, APP_B, APPS, APPS_ENV, Emulator, child, error_info, run_to_exit
 from tests.test_auth_helpers import aiohttp_backend, bearer_metadata, get, grpc_backend, whoami
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
@@ -235,35 +236,46 @@ async def test_a_backend_revokes_its_own_apps_sessions(
 
 
 async def test_log_lines_of_a_call_name_its_caller_never_its_key(
-    start_service: ServiceFactory,
-    callers_file: Path,
-    emu: Emulator,
-    caplog: pytest.LogCaptureFixture,
+    start_service: ServiceFactory, callers_file: Path, emu: Emulator
 ) -> None:
-    """The login line and the failure line carry caller=NAME; no key appears in any line."""
-    caplog.set_level(logging.INFO)
+    """Each line of a call ends with caller=NAME (then its request id); no key in any line.
+
+    A refused caller's line has its request id too, and a known caller refused an
+    RPC is named on it.
+    """
     async with guarded(start_service, callers_file) as (_, stub, _):
-        await login(stub, emu, APP_A, "lou")
-        await failure(
-            stub.CheckSession(
-                auth_pb2.CheckSessionRequest(token="wxl1_" + "Q" * 43),
-                metadata=as_caller("backend-a"),
+        with captured_logs("text", logging.INFO) as stream:
+            await login(stub, emu, APP_A, "lou")
+            await failure(
+                stub.CheckSession(
+                    auth_pb2.CheckSessionRequest(token="wxl1_" + "Q" * 43),
+                    metadata=(*as_caller("backend-a"), ("x-request-id", "req-known-caller")),
+                )
             )
-        )
-        await failure(
-            stub.CheckSession(
-                auth_pb2.CheckSessionRequest(token="wxl1_" + "Q" * 43),
-                metadata=(("x-wxlogin-caller-key", "stolen-key-attempt-123456"),),
+            await failure(
+                stub.CheckSession(
+                    auth_pb2.CheckSessionRequest(token="wxl1_" + "Q" * 43),
+                    metadata=(
+                        ("x-wxlogin-caller-key", "stolen-key-attempt-123456"),
+                        ("x-request-id", "req-stolen-key"),
+                    ),
+                )
             )
-        )
-    login_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("login ")]
+    lines = stream.getvalue().splitlines()
+    login_lines = [line for line in lines if "service.auth: login " in line]
     assert login_lines
-    assert all(line.endswith(" caller=edge") for line in login_lines)
-    failed = [r.getMessage() for r in caplog.records if "CheckSession failed" in r.getMessage()]
-    assert failed == ["CheckSession failed: SESSION_INVALID caller=backend-a"]
-    assert "CALLER_UNAUTHENTICATED" in caplog.text
+    assert all(" caller=edge request_id=" in line for line in login_lines)
+    failed = [line for line in lines if "CheckSession failed" in line]
+    assert len(failed) == 1
+    assert failed[0].endswith(
+        "CheckSession failed: SESSION_INVALID caller=backend-a request_id=req-known-caller"
+    )
+    refused = [line for line in lines if "CALLER_UNAUTHENTICATED" in line]
+    assert len(refused) == 1
+    assert refused[0].endswith("request_id=req-stolen-key")
+    assert "caller=" not in refused[0]
     for key in (*KEYS.values(), "stolen-key-attempt-123456"):
-        assert key not in caplog.text
+        assert key not in stream.getvalue()
 
 
 # -- the file, and reloading it ---------------------------------------------------------------

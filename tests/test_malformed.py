@@ -15,6 +15,7 @@ from clients.edge.server import _QuietServerLog
 from runtime.ratelimited_log import RateLimitedLog
 from service.app import RunningService
 from tests.edge_support import FakeUpstream, running_edge
+from tests.log_support import captured_logs
 from tests.support import APP_A, child, error_info
 from wxlogin.v1 import auth_pb2
 
@@ -166,6 +167,24 @@ async def test_a_flood_of_undecodable_requests_logs_one_line_per_rpc_without_tra
     for method in METHODS:
         assert len([r for r in lines if method in r.getMessage()]) == 1, (method, text)
     assert len(lines) == len(METHODS), text
+
+
+async def test_the_line_about_undecodable_bytes_has_the_call_s_request_id(
+    service: RunningService,
+) -> None:
+    """Logged inside the call, not in the deserializer: the line can be found by request id."""
+    with captured_logs("text", logging.INFO) as stream:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            call = channel.unary_unary("/wxlogin.v1.AuthService/CheckSession")
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call(
+                    NOT_A_MESSAGE["truncated"],
+                    timeout=10,
+                    metadata=(("x-request-id", "req-undecodable-1"),),
+                )
+    lines = [line for line in stream.getvalue().splitlines() if "request bytes are not" in line]
+    assert len(lines) == 1, stream.getvalue()
+    assert lines[0].endswith("answered BAD_REQUEST request_id=req-undecodable-1")
 
 
 async def test_decodable_requests_carrying_tokens_in_odd_places_log_no_token(

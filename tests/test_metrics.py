@@ -176,23 +176,48 @@ async def test_in_flight_and_shed_rpcs(
     assert seen.value("wxlogin_rpcs_total", method="CheckSession", reason="OVERLOADED") == 1
 
 
-async def test_callers_are_counted_by_name(
+async def test_callers_are_counted_by_name_refused_ones_too(
     start_service: ServiceFactory, emu: Emulator, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """With a callers file, the caller label names the caller (from the file, bounded)."""
+    """With a callers file, the caller label names the caller (from the file, bounded).
+
+    Calls the guard refuses are counted like any other: an unknown key under caller
+    "", a known caller outside its grant under its name.
+    """
     key = "metrics-caller-key-0123456789"
     callers = tmp_path / "callers.toml"
     callers.write_text(
         f'[callers.orders]\nkey_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
-        'rpcs = ["*"]\napps = ["*"]\n'
+        'rpcs = ["Login", "CheckSession"]\napps = ["*"]\n'
     )
     async with metered(start_service, callers_file=callers) as (running, stub):
         assert running.metrics_port is not None
         code = await emu.code(APP_A, "metrics-eve")
         metadata = (("x-wxlogin-caller-key", key),)
-        await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=code), metadata=metadata)
+        login = await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=code), metadata=metadata)
+        for _ in range(2):
+            unknown = await rpc_error(
+                stub.CheckSession(
+                    auth_pb2.CheckSessionRequest(token=login.token),
+                    metadata=(("x-wxlogin-caller-key", "not-a-known-key-000000"),),
+                )
+            )
+            assert unknown.code() == grpc.StatusCode.UNAUTHENTICATED
+        forbidden = await rpc_error(
+            stub.RevokeSession(auth_pb2.RevokeSessionRequest(token=login.token), metadata=metadata)
+        )
+        assert forbidden.code() == grpc.StatusCode.PERMISSION_DENIED
         seen = await scrape(http, running.metrics_port)
     assert seen.value("wxlogin_rpcs_total", method="Login", code="OK", caller="orders") == 1
+    unauthenticated = {
+        "method": "CheckSession",
+        "code": "UNAUTHENTICATED",
+        "reason": "CALLER_UNAUTHENTICATED",
+        "caller": "",
+    }
+    assert seen.value("wxlogin_rpcs_total", **unauthenticated) == 2
+    refused = {"method": "RevokeSession", "code": "PERMISSION_DENIED", "caller": "orders"}
+    assert seen.value("wxlogin_rpcs_total", reason="CALLER_FORBIDDEN", **refused) == 1
 
 
 async def test_no_token_openid_code_or_user_id_in_the_metrics(
@@ -298,3 +323,22 @@ async def test_health_per_dependency_follows_mongodb_and_not_wechat(
                 assert await health_of(running.port, name) == not_serving
     finally:
         await mongo.stop()
+
+
+async def test_access_token_refreshes_and_expiry_are_reported(
+    start_service: ServiceFactory, emu: Emulator, http: aiohttp.ClientSession
+) -> None:
+    """A failed and a good stable_token fetch are counted by outcome; the expiry is the token's."""
+    await emu.fault(endpoint="stable_token", errcode=40164, times=1)
+    async with metered(start_service) as (running, stub):
+        assert running.metrics_port is not None
+        request = auth_pb2.GetAccessTokenRequest(app_id=APP_A)
+        failed = await rpc_error(stub.GetAccessToken(request))
+        assert failed.code() == grpc.StatusCode.UNAVAILABLE
+        reply = await stub.GetAccessToken(request)
+        seen = await scrape(http, running.metrics_port)
+    refreshes = "wxlogin_access_token_refreshes_total"
+    assert seen.value(refreshes, app_id=APP_A, outcome="error") == 1
+    assert seen.value(refreshes, app_id=APP_A, outcome="ok") == 1
+    expiry = seen.value("wxlogin_access_token_expiry_timestamp_seconds", app_id=APP_A)
+    assert abs(expiry - reply.expires_at.seconds) <= 1

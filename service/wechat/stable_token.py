@@ -23,7 +23,6 @@ from service.errors import AppUnknown, RateLimited, WeChatError, WxLoginError
 from service.wechat._http import Endpoint, WeChatHttp
 
 log = logging.getLogger("service.wechat")
-_quiet = RateLimitedLog(log)
 
 IP_NOT_WHITELISTED = 40164
 INVALID_APPID = 40013
@@ -89,6 +88,8 @@ class StableToken:
         self._http = http
         self._apps = apps
         self._url = URL(http.base_url + "/cgi-bin/stable_token")
+        # A misconfigured app fails every refresh: one line per app and errcode a minute.
+        self._quiet = RateLimitedLog(log)
 
     async def __call__(
         self, app_id: str, *, force: bool = False, deadline: float | None = None
@@ -111,7 +112,7 @@ class StableToken:
             errcode = int(error.metadata.get("errcode", "0") or 0)
             hint = _OPERATOR_HINTS.get(errcode)
             if hint is not None:
-                _quiet.log(
+                self._quiet.log(
                     logging.ERROR,
                     f"stable_token {app_id} {errcode}",
                     "stable_token refused app_id=%s (WeChat errcode %d): %s",
