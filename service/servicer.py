@@ -116,7 +116,12 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
                     return await handler(self, request, context)
             except WxLoginError as known:
                 error = known
-                log.info("%s failed: %s", name, error.reason)
+                # Per call, a failure is counted (metrics) and answered with its reason;
+                # a line each would let a flood of bad tokens flood the log (and cost
+                # ~10 % of an unknown-token CheckSession): one per reason a minute.
+                self._quiet.log(
+                    logging.INFO, f"{name} {error.reason}", "%s failed: %s", name, error.reason
+                )
             except (ValueError, TypeError) as malformed:
                 # e.g. a Struct that can't hold the decrypted JSON; never a traceback,
                 # and never the exception's text (it may quote the input).
