@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.targets import TARGETS
+
 SCENARIOS = {
     "check_valid",
     "check_unknown",
@@ -62,6 +64,6 @@ def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
     assert results["scaling"]["processes_1"]["rps"] > 0
     assert results["scaling"]["processes_2"]["rps"] > 0
     assert {target["result"] for target in results["targets"]} <= {"PASS", "MISS"}
-    assert len(results["targets"]) == 11
+    assert len(results["targets"]) == len(TARGETS)
     assert (tmp_path / "latest.md").read_text().count("|") > 50
     assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")
