@@ -10,7 +10,6 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import argparse
 import asyncio
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from bench import report
 from bench.loadgen import ToolMissing
 from bench.plan import FULL, SMOKE
-from bench.run import new_workdir, run
+from bench.run import finish, new_workdir, run
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -63,16 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for target in results["targets"]:
         print(f"{target['result']:<4}  {target['text']}  ({report.target_value(target)})")
     print(f"\nresults: {paths['json']}, {paths['markdown']}, {paths['chart']}")
-    if results["problems"]:
-        print(f"bench: FAILED, logs kept in {workdir}:", file=sys.stderr)
-        for problem in results["problems"]:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    if args.keep:
-        print(f"work dir kept: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return finish(workdir, results["problems"], tool="bench", keep=args.keep)
 
 
 if __name__ == "__main__":

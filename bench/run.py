@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
@@ -323,6 +325,21 @@ def machine(tools: Mapping[str, str]) -> dict[str, Any]:
         "aiohttp": aiohttp.__version__,
         **versions,
     }
+
+
+def finish(workdir: Path, failures: list[str], *, tool: str, keep: bool) -> int:
+    """The exit code of a run: 1 with its failures listed and the work dir kept for its
+    logs; else 0, the work dir removed unless `keep`."""
+    if failures:
+        print(f"{tool}: FAILED, logs kept in {workdir}:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    if keep:
+        print(f"work dir kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
 
 
 def new_workdir() -> Path:

@@ -27,7 +27,7 @@ CheckSession throughput with one and with two service processes sharing the port
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,26 +155,36 @@ class CodeBudget:
         self.rate = max(result.rps * 2, 1000.0)
 
 
-async def grpc_login(
-    rig: Rig, emulator: Emulator, budget: CodeBudget, *, target: str, bare: str
+async def grpc_single_use(
+    rig: Rig,
+    budget: CodeBudget,
+    *,
+    key: str,
+    title: str,
+    method: str,
+    requests: Callable[[int], Awaitable[list[bytes]]],
+    placeholder: bytes,
+    target: str,
+    bare: str,
+    subject_processes: list[str],
 ) -> dict[str, Any]:
-    """Login with fresh codes: bench.driver, because h2load sends one body for every call.
+    """A scenario whose every call spends a single-use code: bench.driver, not h2load.
 
-    The baseline is still h2load against the bare server (one LoginRequest body): that is
-    the same yardstick every gRPC scenario uses. The driver's own ceiling, measured against
-    the same bare server, is recorded to show it is not what limits Login.
+    h2load sends one body for every call. `requests(n)` mints n codes and makes a request
+    of each; they are minted before each run, outside its measured window. The baseline
+    is still h2load against the bare server with `placeholder` (the bare server never
+    reads it): the same yardstick every gRPC scenario uses.
     """
     plan = rig.plan
-    bodies = rig.workdir / "login.bodies"
+    bodies = rig.workdir / f"{key}.bodies"
 
     async def mint() -> None:
-        codes = await emulator.codes(budget.codes(plan.warmup + plan.duration))
-        write_bodies(bodies, [login_request(code) for code in codes])
+        write_bodies(bodies, await requests(budget.codes(plan.warmup + plan.duration)))
 
     async def drive() -> LoadResult:
         result = await loadgen.driver(
             target,
-            AUTH + "Login",
+            AUTH + method,
             bodies,
             channels=plan.clients,
             streams=plan.streams,
@@ -191,34 +201,57 @@ async def grpc_login(
         return await drive()
 
     async def check() -> CheckResult:
-        bodies = [login_request(code) for code in await emulator.codes(plan.samples)]
-        return await grpc_sample(target, AUTH + "Login", bodies, Expect(), samples=plan.samples)
-
-    placeholder = login_request("placeholder-the-bare-server-never-reads")
+        sampled = await requests(plan.samples)
+        return await grpc_sample(target, AUTH + method, sampled, Expect(), samples=plan.samples)
 
     async def baseline_check() -> CheckResult:
         return await grpc_sample(
-            bare, grpc_path("login"), [placeholder], Expect(), samples=plan.samples // 4
+            bare, grpc_path(key), [placeholder], Expect(), samples=plan.samples // 4
         )
 
     if plan.profile:
-        await mint()  # before py-spy starts, so that it samples logins only
-        await profile(rig, "login", drive)
-    entry = await rig.compare(
-        key="login",
-        title="Login, fresh codes",
+        await mint()  # before py-spy starts, so that it samples these calls only
+        await profile(rig, key, drive)
+    return await rig.compare(
+        key=key,
+        title=title,
         driven_by=(
-            f"bench.driver {plan.clients} conn x {plan.streams} streams, a fresh code per call; "
-            "baseline: h2load"
+            f"bench.driver {plan.clients} conn x {plan.streams} streams, a fresh "
+            f"{'phone code' if key == 'phone_number' else 'code'} per call; baseline: h2load"
         ),
         subject=subject,
-        subject_processes=["service-1", "emulator", "mongod"],
-        baseline=h2load(
-            rig, f"http://{bare}{grpc_path('login')}", body_file(rig, "login", placeholder)
-        ),
+        subject_processes=subject_processes,
+        baseline=h2load(rig, f"http://{bare}{grpc_path(key)}", body_file(rig, key, placeholder)),
         baseline_process="bare-grpc",
         check=check,
         baseline_check=baseline_check,
+    )
+
+
+async def grpc_login(
+    rig: Rig, emulator: Emulator, budget: CodeBudget, *, target: str, bare: str
+) -> dict[str, Any]:
+    """Login with fresh codes (`grpc_single_use`).
+
+    The driver's own ceiling, measured against the same bare server, is recorded to
+    show it is not what limits Login.
+    """
+    plan = rig.plan
+
+    async def requests(count: int) -> list[bytes]:
+        return [login_request(code) for code in await emulator.codes(count)]
+
+    entry = await grpc_single_use(
+        rig,
+        budget,
+        key="login",
+        title="Login, fresh codes",
+        method="Login",
+        requests=requests,
+        placeholder=login_request("placeholder-the-bare-server-never-reads"),
+        target=target,
+        bare=bare,
+        subject_processes=["service-1", "emulator", "mongod"],
     )
     stand_ins = CodeBudget(20_000).codes(plan.warmup + plan.duration)
     ceiling = await loadgen.driver(
@@ -241,69 +274,25 @@ async def grpc_login(
 async def grpc_phone_number(
     rig: Rig, emulator: Emulator, budget: CodeBudget, *, token: str, target: str, bare: str
 ) -> dict[str, Any]:
-    """GetPhoneNumber with a fresh phone code per call: WeChat-bound like Login (bench.driver).
-
-    Each call checks the session (from memory), takes the app's access_token (from
-    memory) and exchanges the code at the emulator; nothing is written to MongoDB.
+    """GetPhoneNumber with a fresh phone code per call (`grpc_single_use`), WeChat-bound
+    like Login: each call checks the session (from memory), takes the app's access_token
+    (from memory) and exchanges the code at the emulator; nothing is written to MongoDB.
     """
-    plan = rig.plan
-    bodies = rig.workdir / "phone.bodies"
 
-    async def mint() -> None:
-        codes = await emulator.phone_codes(budget.codes(plan.warmup + plan.duration))
-        write_bodies(bodies, [phone_request(token, code) for code in codes])
+    async def requests(count: int) -> list[bytes]:
+        return [phone_request(token, code) for code in await emulator.phone_codes(count)]
 
-    async def drive() -> LoadResult:
-        result = await loadgen.driver(
-            target,
-            AUTH + "GetPhoneNumber",
-            bodies,
-            channels=plan.clients,
-            streams=plan.streams,
-            duration=plan.duration,
-            warmup=plan.warmup,
-            cpus=rig.cores.load,
-        )
-        budget.learn(result)
-        return result
-
-    async def subject() -> LoadResult:
-        await mint()  # outside the measured window, as for Login
-        return await drive()
-
-    async def check() -> CheckResult:
-        requests = [phone_request(token, code) for code in await emulator.phone_codes(plan.samples)]
-        return await grpc_sample(
-            target, AUTH + "GetPhoneNumber", requests, Expect(), samples=plan.samples
-        )
-
-    placeholder = phone_request(token, "placeholder-the-bare-server-never-reads")
-
-    async def baseline_check() -> CheckResult:
-        return await grpc_sample(
-            bare, grpc_path("phone_number"), [placeholder], Expect(), samples=plan.samples // 4
-        )
-
-    if plan.profile:
-        await mint()
-        await profile(rig, "phone_number", drive)
-    return await rig.compare(
+    return await grpc_single_use(
+        rig,
+        budget,
         key="phone_number",
         title="GetPhoneNumber, fresh phone codes",
-        driven_by=(
-            f"bench.driver {plan.clients} conn x {plan.streams} streams, a fresh phone code per "
-            "call; baseline: h2load"
-        ),
-        subject=subject,
+        method="GetPhoneNumber",
+        requests=requests,
+        placeholder=phone_request(token, "placeholder-the-bare-server-never-reads"),
+        target=target,
+        bare=bare,
         subject_processes=["service-1", "emulator"],
-        baseline=h2load(
-            rig,
-            f"http://{bare}{grpc_path('phone_number')}",
-            body_file(rig, "phone_number", placeholder),
-        ),
-        baseline_process="bare-grpc",
-        check=check,
-        baseline_check=baseline_check,
     )
 
 

@@ -215,8 +215,7 @@ class WxLoginClient:
             idempotent=not code,
             request_id=request_id,
         )
-        watermark = _datetime(reply.watermark_time) if reply.HasField("watermark_time") else None
-        return UserData(data=_struct(reply.data), watermark_time=watermark)
+        return UserData(data=_struct(reply.data), watermark_time=_watermark(reply))
 
     async def revoke_session(self, token: str, *, request_id: str | None = None) -> None:
         """End a session now (log out); unknown and already revoked tokens are fine."""
@@ -275,12 +274,11 @@ class WxLoginClient:
             idempotent=False,
             request_id=request_id,
         )
-        watermark = _datetime(reply.watermark_time) if reply.HasField("watermark_time") else None
         return PhoneNumber(
             phone_number=reply.phone_number,
             pure_phone_number=reply.pure_phone_number,
             country_code=reply.country_code,
-            watermark_time=watermark,
+            watermark_time=_watermark(reply),
         )
 
     async def get_access_token(
@@ -295,23 +293,15 @@ class WxLoginClient:
         caller granted GetAccessToken by name in wxlogin's callers file.
         """
         loop = asyncio.get_running_loop()
-        cached = self._access_tokens.get(app_id)
-        if (
-            cached is not None
-            and loop.time() < cached[1]
-            and cached[0].access_token != rejected_token
-        ):
-            return cached[0]
+        cached = self._usable_access_token(app_id, rejected_token)
+        if cached is not None:
+            return cached
         lock = self._access_token_locks.setdefault(app_id, asyncio.Lock())
         async with lock:
             # Another caller may have fetched (or replaced) it while we waited.
-            cached = self._access_tokens.get(app_id)
-            if (
-                cached is not None
-                and loop.time() < cached[1]
-                and cached[0].access_token != rejected_token
-            ):
-                return cached[0]
+            cached = self._usable_access_token(app_id, rejected_token)
+            if cached is not None:
+                return cached
             reply = await self._call(
                 self._stub.GetAccessToken,
                 auth_pb2.GetAccessTokenRequest(app_id=app_id, rejected_token=rejected_token),
@@ -324,6 +314,13 @@ class WxLoginClient:
             use_until = loop.time() + left - min(_ACCESS_TOKEN_MARGIN, max(left, 0) / 4)
             self._access_tokens[app_id] = (token, use_until)
             return token
+
+    def _usable_access_token(self, app_id: str, rejected_token: str) -> AccessToken | None:
+        """The app's token from memory, unless it is due or is the one being rejected."""
+        cached = self._access_tokens.get(app_id)
+        if cached is None or asyncio.get_running_loop().time() >= cached[1]:
+            return None
+        return None if cached[0].access_token == rejected_token else cached[0]
 
     async def check_session_key(self, token: str, *, request_id: str | None = None) -> bool:
         """Whether WeChat still holds the session_key wxlogin holds for this user as current."""
@@ -438,6 +435,13 @@ def _user(user: auth_pb2.User) -> User:
 
 def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _watermark(
+    reply: auth_pb2.DecryptUserDataResponse | auth_pb2.GetPhoneNumberResponse,
+) -> datetime | None:
+    """The watermark's time, when WeChat's data had one."""
+    return _datetime(reply.watermark_time) if reply.HasField("watermark_time") else None
 
 
 def _struct(data: struct_pb2.Struct) -> dict[str, Any]:

@@ -755,14 +755,10 @@ class Store:
                     break
                 except BulkWriteError as error:
                     created.update(pending[u["index"]] for u in error.details.get("upserted", []))
-                    failures = error.details.get("writeErrors", [])
                     # Only duplicate-key races are retried; a write-concern error
                     # (no writeErrors) or anything else fails the batch.
-                    if (
-                        attempt == 2
-                        or not failures
-                        or any(f.get("code") != _DUPLICATE_KEY for f in failures)
-                    ):
+                    failures = _lost_insert_races(error)
+                    if attempt == 2 or not failures:
                         raise
                     pending = [pending[f["index"]] for f in failures]
             stored = await self._find_users([keys[i] for i in range(len(keys)) if i not in created])
@@ -978,12 +974,8 @@ class Store:
                     break
                 except BulkWriteError as error:
                     # Two processes opening one account: the loser joins the winner's.
-                    failures = error.details.get("writeErrors", [])
-                    if (
-                        attempt == 2
-                        or not failures
-                        or any(f.get("code") != _DUPLICATE_KEY for f in failures)
-                    ):
+                    failures = _lost_insert_races(error)
+                    if attempt == 2 or not failures:
                         raise
                     operations = [operations[f["index"]] for f in failures]
             cursor = self._primary_accounts.find({"_id": {"$in": list(members)}}, {"account_id": 1})
@@ -1234,6 +1226,15 @@ def _user_key_aad(app_id: str, openid: str) -> str:
     The "user:" prefix keeps it apart from a session's binding (its hex id).
     """
     return f"user:{app_id}:{openid}"
+
+
+def _lost_insert_races(error: BulkWriteError) -> list[dict[str, Any]]:
+    """The bulk write's errors if every one is a duplicate key (an upsert that lost an
+    insert race, worth retrying once), else [] (the error stands)."""
+    failures: list[dict[str, Any]] = error.details.get("writeErrors", [])
+    if failures and all(f.get("code") == _DUPLICATE_KEY for f in failures):
+        return failures
+    return []
 
 
 def _latest_deadline(logins: Sequence[NewLogin]) -> float | None:

@@ -86,31 +86,11 @@ class UserDataDecryptor:
         code: str = "",
         deadline: float | None = None,
     ) -> UserData:
-        """`_decrypt`; a unionId in the data (wx.getUserInfo's) links the user's account."""
-        decrypted = await self._decrypt(
-            token, encrypted_data, iv, raw_data, signature, code=code, deadline=deadline
-        )
-        unionid = decrypted.data.get("unionId")
-        if isinstance(unionid, str) and unionid:
-            record = await self._sessions.check(token, deadline=deadline)
-            await self._sessions.learn_unionid(record.user, unionid, deadline=deadline)
-        return decrypted
-
-    async def _decrypt(
-        self,
-        token: str,
-        encrypted_data: str,
-        iv: str,
-        raw_data: str = "",
-        signature: str = "",
-        *,
-        code: str = "",
-        deadline: float | None = None,
-    ) -> UserData:
         """Decrypt encryptedData with the user's current key; check signature and watermark.
 
         `code`, if given, is a fresh wx.login() code: exchanged first, and its key
-        becomes the user's current one (see the module docstring).
+        becomes the user's current one (see the module docstring). A unionId in the
+        data (wx.getUserInfo's) links the user's account.
         """
         for name, value in (("encrypted_data", encrypted_data), ("iv", iv)):
             if not value:
@@ -122,6 +102,25 @@ class UserDataDecryptor:
         if len(code) > _MAX_CODE_LENGTH:
             raise BadRequest("code is too long to be a wx.login() code")
         record = await self._sessions.check(token, deadline=deadline)
+        decrypted = await self._decrypt(
+            record, encrypted_data, iv, raw_data, signature, code, deadline
+        )
+        unionid = decrypted.data.get("unionId")
+        if isinstance(unionid, str) and unionid:
+            await self._sessions.learn_unionid(record.user, unionid, deadline=deadline)
+        return decrypted
+
+    async def _decrypt(
+        self,
+        record: SessionRecord,
+        encrypted_data: str,
+        iv: str,
+        raw_data: str,
+        signature: str,
+        code: str,
+        deadline: float | None,
+    ) -> UserData:
+        """The session's data opened with the fresh code's key, or the user's current one."""
         if code:
             session_key = await self._exchange(record, code, deadline)
             return self._open(record, session_key, encrypted_data, iv, raw_data, signature)

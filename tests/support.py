@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from runtime.process import LISTENING, dies_with_parent
+from wxlogin.v1 import auth_pb2
 
 APP_A = "wxtest0000000000aa"
 APP_B = "wxtest0000000000bb"
@@ -33,6 +34,21 @@ class ErrorInfo:
     domain: str
     metadata: Mapping[str, str]
     message: str
+
+
+def decrypt_request(
+    token: str, blob: Mapping[str, Any], **overrides: str
+) -> auth_pb2.DecryptUserDataRequest:
+    """DecryptUserData of what the emulator's /_dev/user-data gave, signature included."""
+    fields = {
+        "token": token,
+        "encrypted_data": blob["encryptedData"],
+        "iv": blob["iv"],
+        "raw_data": blob["rawData"],
+        "signature": blob["signature"],
+    }
+    fields.update(overrides)
+    return auth_pb2.DecryptUserDataRequest(**fields)
 
 
 def error_info(error: grpc.aio.AioRpcError) -> ErrorInfo:
@@ -110,13 +126,18 @@ async def child(
             raise AssertionError(f"{module_args} did not start: {line!r} {err[-2000:]!r}")
         yield process, int(match.group(1))
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process)
+
+
+async def stop_process(process: asyncio.subprocess.Process, grace: float = 20) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; nothing if it has exited already."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 @dataclass(frozen=True)

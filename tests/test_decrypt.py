@@ -6,7 +6,6 @@ import base64
 import hashlib
 import json
 import time
-from typing import Any
 
 import grpc
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import StubFactory
-from tests.support import APP_A, APP_B, Emulator, error_info
+from tests.support import APP_A, APP_B, Emulator, decrypt_request, error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -24,18 +23,6 @@ async def logged_in(
 ) -> str:
     response = await stub.Login(auth_pb2.LoginRequest(app_id=app, code=await emu.code(app, user)))
     return response.token
-
-
-def request(token: str, blob: dict[str, Any], **overrides: str) -> auth_pb2.DecryptUserDataRequest:
-    fields = {
-        "token": token,
-        "encrypted_data": blob["encryptedData"],
-        "iv": blob["iv"],
-        "raw_data": blob["rawData"],
-        "signature": blob["signature"],
-    }
-    fields.update(overrides)
-    return auth_pb2.DecryptUserDataRequest(**fields)
 
 
 async def decrypt_error(
@@ -53,7 +40,7 @@ async def test_decrypts_user_data_and_checks_the_signature(
     """The decrypted JSON comes back as a Struct with the watermark time."""
     token = await logged_in(stub, emu, "sara")
     blob = await emu.user_data(APP_A, "sara", data={"phoneNumber": "+8613800000000", "n": 3})
-    response = await stub.DecryptUserData(request(token, blob))
+    response = await stub.DecryptUserData(decrypt_request(token, blob))
     data = json_format.MessageToDict(response.data)
     assert data["phoneNumber"] == "+8613800000000"
     assert data["n"] == 3
@@ -65,7 +52,7 @@ async def test_signature_is_optional(stub: auth_pb2_grpc.AuthServiceStub, emu: E
     """Without raw_data and signature, decryption still works."""
     token = await logged_in(stub, emu, "sam")
     blob = await emu.user_data(APP_A, "sam")
-    response = await stub.DecryptUserData(request(token, blob, raw_data="", signature=""))
+    response = await stub.DecryptUserData(decrypt_request(token, blob, raw_data="", signature=""))
     assert response.data.fields["watermark"].struct_value.fields["appid"].string_value == APP_A
 
 
@@ -80,7 +67,7 @@ async def test_spaces_instead_of_plus_are_repaired(
             break
     else:
         pytest.fail("the emulator never produced base64 with '+'")
-    broken = request(
+    broken = decrypt_request(
         token,
         blob,
         encrypted_data=blob["encryptedData"].replace("+", " "),
@@ -97,11 +84,11 @@ async def test_wrong_signature_is_signature_mismatch(
     token = await logged_in(stub, emu, "uma")
     blob = await emu.user_data(APP_A, "uma")
     forged = hashlib.sha1(b"something else", usedforsecurity=False).hexdigest()
-    assert await decrypt_error(stub, request(token, blob, signature=forged)) == (
+    assert await decrypt_error(stub, decrypt_request(token, blob, signature=forged)) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "SIGNATURE_MISMATCH",
     )
-    tampered = request(token, blob, raw_data=blob["rawData"].replace("}", ',"x":1}'))
+    tampered = decrypt_request(token, blob, raw_data=blob["rawData"].replace("}", ',"x":1}'))
     assert (await decrypt_error(stub, tampered))[1] == "SIGNATURE_MISMATCH"
 
 
@@ -127,7 +114,7 @@ async def test_malformed_input_is_typed(
     """Each kind of malformed input gets INVALID_ARGUMENT with its reason."""
     token = await logged_in(stub, emu, "vera")
     blob = await emu.user_data(APP_A, "vera")
-    assert await decrypt_error(stub, request(token, blob, **overrides)) == (
+    assert await decrypt_error(stub, decrypt_request(token, blob, **overrides)) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         reason,
     )
@@ -140,7 +127,7 @@ async def test_rotated_session_key_fails_to_decrypt(
     token = await logged_in(stub, emu, "wade")
     await emu.code(APP_A, "wade")  # wx.login() again: WeChat rotates the key
     blob = await emu.user_data(APP_A, "wade")
-    req = request(token, blob, raw_data="", signature="")
+    req = decrypt_request(token, blob, raw_data="", signature="")
     # Issue 11: WeChat (wxa/checksession) confirms our key is stale; tests/test_session_key.py.
     assert (await decrypt_error(stub, req))[1] == "SESSION_KEY_STALE"
 
@@ -151,7 +138,7 @@ async def test_watermark_of_another_app_is_rejected(
     """A session of app A cannot decrypt data watermarked for app B."""
     token = await logged_in(stub, emu, "xena", APP_A)
     blob = await emu.user_data(APP_A, "xena", watermark_appid=APP_B)
-    assert await decrypt_error(stub, request(token, blob)) == (
+    assert await decrypt_error(stub, decrypt_request(token, blob)) == (
         grpc.StatusCode.PERMISSION_DENIED,
         "WATERMARK_MISMATCH",
     )
@@ -164,9 +151,9 @@ async def test_old_watermark_is_rejected_unless_disabled(
     token = await logged_in(stub, emu, "yuri")
     old = int(time.time()) - 2 * 86400
     blob = await emu.user_data(APP_A, "yuri", watermark_timestamp=old)
-    assert (await decrypt_error(stub, request(token, blob)))[1] == "WATERMARK_EXPIRED"
+    assert (await decrypt_error(stub, decrypt_request(token, blob)))[1] == "WATERMARK_EXPIRED"
     async with start_stub(watermark_max_age=0) as lenient:
-        response = await lenient.DecryptUserData(request(token, blob))
+        response = await lenient.DecryptUserData(decrypt_request(token, blob))
         assert response.watermark_time.seconds == old
 
 

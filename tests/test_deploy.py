@@ -23,7 +23,7 @@ from runtime.process import dies_with_parent
 from tests.conftest import ServiceFactory
 from tests.edge_support import free_port_target
 from tests.metrics_support import scrape
-from tests.support import APP_A, Emulator
+from tests.support import APP_A, Emulator, stop_process
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -191,10 +191,4 @@ async def test_a_real_prometheus_reads_the_login_counter(
             loaded = {rule["name"] for group in groups for rule in group["rules"]}
             assert "WxLoginStoreUnavailable" in loaded
         finally:
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), 20)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await stop_process(process)

@@ -16,7 +16,7 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from devtools.replica_set import ReplicaSet
 from service.settings import Settings
 from tests.conftest import StubFactory
-from tests.support import APP_A, Emulator, error_info
+from tests.support import APP_A, Emulator, decrypt_request, error_info
 from wxlogin.v1 import auth_pb2
 
 
@@ -41,15 +41,7 @@ async def test_login_check_and_decrypt_work_on_a_replica_set(
         checked = await stub.CheckSession(auth_pb2.CheckSessionRequest(token=login.token))
         assert checked.user == login.user
         blob = await emu.user_data(APP_A, "rosa", data={"nickName": "Rosa"})
-        decrypted = await stub.DecryptUserData(
-            auth_pb2.DecryptUserDataRequest(
-                token=login.token,
-                encrypted_data=blob["encryptedData"],
-                iv=blob["iv"],
-                raw_data=blob["rawData"],
-                signature=blob["signature"],
-            )
-        )
+        decrypted = await stub.DecryptUserData(decrypt_request(login.token, blob))
         assert json_format.MessageToDict(decrypted.data)["nickName"] == "Rosa"
     assert await db.sessions.count_documents({}) == 1
 

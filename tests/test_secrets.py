@@ -12,7 +12,7 @@ import pytest
 from bson import BSON
 
 from tests.log_support import JsonLines, json_logs
-from tests.support import APP_A, APPS, Emulator
+from tests.support import APP_A, APPS, Emulator, decrypt_request
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -38,13 +38,7 @@ async def test_no_plaintext_token_or_session_key_in_the_database_or_logs(
     blob = await emu.user_data(APP_A, "xavier")
     await stub.CheckSession(auth_pb2.CheckSessionRequest(token=login.token))
     await stub.DecryptUserData(  # proves the service holds exactly this session_key
-        auth_pb2.DecryptUserDataRequest(
-            token=login.token,
-            encrypted_data=blob["encryptedData"],
-            iv=blob["iv"],
-            raw_data=blob["rawData"],
-            signature=blob["signature"],
-        )
+        decrypt_request(login.token, blob)
     )
     for bad in ("wxl1_" + "D" * 43, login.token[:-1]):
         with pytest.raises(grpc.aio.AioRpcError):

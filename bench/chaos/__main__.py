@@ -11,7 +11,6 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import argparse
 import asyncio
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from bench.chaos import report
 from bench.chaos.plan import FULL, SMOKE
 from bench.chaos.run import KEYS, run
+from bench.run import finish
 
 BENCH = Path(__file__).resolve().parent.parent
 RESULTS = BENCH / "results"
@@ -70,17 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print(f"results: {path}")
-    errors = [s for s in results["scenarios"] if s["status"] == "error"]
-    if errors:
-        print(f"chaos: {len(errors)} scenario(s) could not run; logs kept in {workdir}:")
-        for failed in errors:
-            print(f"  {failed['key']}: {failed['error']}", file=sys.stderr)
-        return 1
-    if args.keep:
-        print(f"work dir kept: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    # A scenario that could not run at all fails the run; a missed target does not.
+    errors = [f"{s['key']}: {s['error']}" for s in results["scenarios"] if s["status"] == "error"]
+    return finish(workdir, errors, tool="chaos", keep=args.keep)
 
 
 if __name__ == "__main__":

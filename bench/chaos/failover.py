@@ -10,7 +10,7 @@ import asyncio
 from contextlib import AsyncExitStack
 from typing import Any
 
-from bench.chaos.load import LoginLoad, client_for, reasons, verify_tokens
+from bench.chaos.load import LoginLoad, client_for, survival_figures, verify_tokens
 from bench.chaos.results import Context, not_run, scenario, target
 from bench.chaos.stack import running
 
@@ -71,14 +71,9 @@ async def run(ctx: Context) -> dict[str, Any]:
         "election_s": round(elected - killed, 3),
         "first_login_after_kill_s": None if first_ok is None else round(first_ok - killed, 3),
         "longest_gap_s": round(gap, 3),
-        "tokens_issued": len(tokens),
-        "tokens_lost": verdict["lost"],
-        "tokens_unverified": verdict["unverified"],
-        "check_failures": verdict["failures"],
-        "lost_logins_s": verdict["lost_logins_s"],
-        "outage_failures": reasons(o for o in recorder.outcomes if killed <= o.ended <= outage_end),
-        "internal_answers": internal,
-        "load": recorder.summary(),
+        **survival_figures(
+            recorder, verdict, (o for o in recorder.outcomes if killed <= o.ended <= outage_end)
+        ),
     }
     return scenario(
         KEY,

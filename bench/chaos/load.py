@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -188,6 +188,23 @@ class LoginLoad:
                     task.result()  # a worker that crashed says why here
             await asyncio.sleep(0.05)
         return self.recorder.first_ok_after(moment)
+
+
+def survival_figures(
+    recorder: Recorder, verdict: Mapping[str, Any], outage: Iterable[Outcome]
+) -> dict[str, Any]:
+    """What a fault scenario reports of its tokens (`verify_tokens`' verdict) and its load;
+    `outage`: the calls that ended during the fault."""
+    return {
+        "tokens_issued": len(recorder.tokens()),
+        "tokens_lost": verdict["lost"],
+        "tokens_unverified": verdict["unverified"],
+        "check_failures": verdict["failures"],
+        "lost_logins_s": verdict["lost_logins_s"],
+        "outage_failures": reasons(outage),
+        "internal_answers": sum(o.code == "INTERNAL" for o in recorder.outcomes),
+        "load": recorder.summary(),
+    }
 
 
 async def verify_tokens(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bench.chaos.load import LoginLoad, client_for, reasons, verify_tokens
+from bench.chaos.load import LoginLoad, client_for, survival_figures, verify_tokens
 from bench.chaos.results import Context, scenario, target
 from bench.chaos.stack import running
 
@@ -49,15 +49,8 @@ async def run(ctx: Context) -> dict[str, Any]:
         "mongod_down_s": round(back - killed, 3),
         "recovery_s": recovery,
         "longest_gap_s": round(recorder.longest_gap(killed, stopped), 3),
-        "tokens_issued": len(tokens),
-        "tokens_lost": verdict["lost"],
-        "tokens_unverified": verdict["unverified"],
-        "check_failures": verdict["failures"],
-        "lost_logins_s": verdict["lost_logins_s"],
-        "outage_failures": reasons(during),
-        "internal_answers": sum(o.code == "INTERNAL" for o in recorder.outcomes),
+        **survival_figures(recorder, verdict, during),
         "stack_survived": service_alive,
-        "load": recorder.summary(),
     }
     return scenario(
         KEY,
