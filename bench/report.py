@@ -48,7 +48,9 @@ def markdown(results: Mapping[str, Any]) -> str:
     concurrency = plan["clients"] * plan["streams"]
     lines = [
         f"Run `{plan['name']}` of {meta['started']} ({meta['wall_seconds']:.0f} s in all): "
-        f"{plan['rounds']} round(s) per side of {plan['duration']:g} s measured after "
+        f"{plan['rounds']} round(s) per side ({plan.get('fine_rounds', plan['rounds'])} for "
+        "the CheckSession scenarios behind the narrow targets) "
+        f"of {plan['duration']:g} s measured after "
         f"{plan['warmup']:g} s warm-up, {concurrency} concurrent streams for gRPC "
         f"(h2load -c{plan['clients']} -m{plan['streams']}), {plan['connections']} "
         "connections for HTTP (wrk).",

@@ -165,17 +165,18 @@ class Rig:
         baseline_process: str,
         check: Check,
         baseline_check: Check,
+        rounds: int | None = None,
     ) -> dict[str, Any]:
-        """Alternate baseline and subject for plan.rounds rounds, check samples, summarise.
+        """Alternate baseline and subject for `rounds` rounds, check samples, summarise.
 
         `subject_processes[0]` is the process under test (pinned to the server core); the
-        others are sampled for the record.
+        others are sampled for the record. `rounds` defaults to plan.rounds.
         """
         self.arrange(subject_processes[:1])
         sides = {"subject": Side(), "baseline": Side()}
         runners = {"subject": subject, "baseline": baseline}
         sampled = {"subject": subject_processes, "baseline": [baseline_process]}
-        for number in range(self.plan.rounds):
+        for number in range(rounds or self.plan.rounds):
             order = ("baseline", "subject") if number % 2 == 0 else ("subject", "baseline")
             for side in order:
                 label = f"{key} {side} round {number + 1}"

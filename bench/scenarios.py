@@ -106,8 +106,11 @@ async def grpc_fixed(
     bare: str,
     metadata: Sequence[tuple[str, str]] = (),
     service: str = "service-1",
+    fine: bool = False,
 ) -> dict[str, Any]:
     """A gRPC scenario whose every request may be the same bytes: h2load on both sides.
+
+    `fine`: a target only a few percent wide hangs on it, so plan.fine_rounds rounds.
 
     `metadata` goes with every call to the subject (a caller key); the bare baseline
     gets the same headers and ignores them, as a server without auth would.
@@ -137,6 +140,7 @@ async def grpc_fixed(
         baseline_process="bare-grpc",
         check=check,
         baseline_check=baseline_check,
+        rounds=plan.fine_rounds if fine else plan.rounds,
     )
 
 

@@ -71,6 +71,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _FIELDS = frozenset({"key_sha256", "identity", "rpcs", "apps", "login_rate"})
 
+# A call's invocation metadata: (key, value) pairs, values bytes for "-bin" keys.
+Metadata = Iterable[tuple[str, str | bytes]]
+
 # Module level because context variables must be: set by the guard in the
 # RPC's own task, read by the domain and by log records created in that task.
 _CURRENT: ContextVar[Caller | None] = ContextVar("wxlogin_caller", default=None)
@@ -282,15 +285,17 @@ class CallerGuard:
         # Refusals can come by the thousand: one line per kind per interval.
         self._quiet = RateLimitedLog(log)
 
-    def admit(self, rpc: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-        """The caller of this call, granted `rpc`.
+    def admit(
+        self, rpc: str, context: grpc.aio.ServicerContext[Any, Any], metadata: Metadata
+    ) -> Caller:
+        """The caller of this call (`metadata`: its invocation metadata), granted `rpc`.
 
         Raises CallerUnauthenticated or CallerForbidden, each logged here
         (rate-limited, with the peer, never the key). A known caller is named on
         the call's log lines and metrics even when it is refused.
         """
         try:
-            caller = self._identify(context)
+            caller = self._identify(context, metadata)
             log_context.note_caller(caller.name)
             if not caller.may_call(rpc):
                 raise CallerForbidden(f"this caller may not call {rpc}")
@@ -307,10 +312,10 @@ class CallerGuard:
             raise
         return caller
 
-    def _identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    def _identify(self, context: grpc.aio.ServicerContext[Any, Any], metadata: Metadata) -> Caller:
         callers = self.callers
         key = None
-        for item in context.invocation_metadata() or ():
+        for item in metadata:
             if item[0] == CALLER_KEY_METADATA:
                 key = item[1]
                 break
