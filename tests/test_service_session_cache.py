@@ -5,10 +5,12 @@ The client library's and the edge's cache is another one, in tests/test_session_
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from service.cache import SessionCache
 from service.records import SessionRecord, UserRecord
+from service.servicer import CheckAnswers
 
 
 def _record(expires_at: datetime) -> SessionRecord:
@@ -54,3 +56,24 @@ def test_stale_entries_leave_as_new_ones_arrive() -> None:
     for index in range(100):
         cache.put(SessionRecord(f"new{index}", user, expires - timedelta(days=1), expires, b""))
     assert len(cache) == 100
+
+
+def test_check_answers_are_reused_only_for_the_very_same_record() -> None:
+    """CheckSession's built response is shared while the cache hands out one record object.
+
+    A renewed (or re-read) session is a new record: it gets a new answer with its
+    own expiry, never the old one. The memo is bounded.
+    """
+    answers = CheckAnswers(max_entries=2)
+    first = _record(datetime(2030, 1, 1, tzinfo=UTC))
+    answer = answers.of(first)
+    assert answer.user.user_id == "u1" and answer.expires_at.ToDatetime(UTC) == first.expires_at
+    assert answers.of(first) is answer
+    renewed = replace(first, expires_at=datetime(2030, 1, 2, tzinfo=UTC))
+    assert answers.of(renewed).expires_at.ToDatetime(UTC) == renewed.expires_at
+    # Equal but not the same object (read again from MongoDB): built anew, equal.
+    again = replace(renewed)
+    assert answers.of(again) is not answers.of(renewed) and answers.of(again) == answers.of(renewed)
+    for index in range(5):
+        answers.of(replace(first, session_id=f"s{index}"))
+    assert len(answers) == 2
