@@ -36,7 +36,7 @@ def target_value(target: Mapping[str, Any]) -> str:
     if target["key"] == "rss_growth":
         return f"{value:+.1%}"
     if target["unit"] == "x":
-        return f"{value:.2f} x"
+        return f"{value:.{target.get('digits', 2)}f} x"
     return f"{value:.1f}{target['unit']}"
 
 
@@ -68,6 +68,19 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"| {cpu} | {rss} | {BASELINE_NAMES.get(baseline['name'], baseline['name'])} "
             f"| {baseline['rps']:,.0f} | **{scenario['ratio']:.2f}** |"
         )
+    costs = results.get("side_by_side")
+    if costs:
+        lines += [
+            "",
+            "| Side by side: both on the server core at once | requests per CPU-second "
+            "| rounds | Ratio |",
+            "|---|--:|---|--:|",
+        ]
+        for cost in costs:
+            rates = cost["requests_per_cpu_second"]
+            shown = " / ".join(f"{rates[cost[side]]:,.0f}" for side in ("subject", "reference"))
+            each = ", ".join(f"{ratio:.3f}" for ratio in cost["rounds"])
+            lines.append(f"| {cost['title']} | {shown} | {each} | **{cost['ratio']:.3f}** |")
     lines += ["", "| Target | Measured | Result |", "|---|--:|---|"]
     for target in results["targets"]:
         lines.append(f"| {target['text']} | {target_value(target)} | **{target['result']}** |")

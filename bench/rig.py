@@ -204,6 +204,61 @@ class Rig:
         self.flag(key, entry)
         return entry
 
+    async def side_by_side(
+        self,
+        *,
+        key: str,
+        title: str,
+        subject: Runner,
+        subject_process: str,
+        reference: Runner,
+        reference_process: str,
+    ) -> dict[str, Any]:
+        """Two processes on the server core *at once*, each under its own load: their cost ratio.
+
+        The ratio is the subject's requests per CPU-second over the reference's, both
+        measured over the same seconds. Alternating runs (`compare`) see this shared
+        machine's speed change from one round to the next by up to ~10 %; side by side,
+        such changes hit both processes alike, so rounds agree within ~2 % and a cost of
+        a few percent can be told from noise. Both are CPU-bound, so requests per
+        CPU-second is what either would serve on a core of its own.
+        """
+        self.arrange([subject_process, reference_process])
+        names = (subject_process, reference_process)
+        pids = {name: self.processes[name] for name in names}
+        totals = {name: [0, 0.0] for name in names}  # requests, CPU seconds
+        rounds = []
+        for number in range(self.plan.fine_rounds):
+            async with procstat.Sampler(pids) as sampler:
+                results = await asyncio.gather(subject(), reference())
+            efficiency = []
+            for name, result in zip(names, results, strict=True):
+                cpu = sampler.usage(result.seconds, result.window_end)[name].cpu_seconds
+                totals[name][0] += result.requests
+                totals[name][1] += cpu
+                efficiency.append(result.requests / cpu if cpu > 0 else 0.0)
+                if result.failed or result.bad_status or result.requests <= 0:
+                    self.problems.append(
+                        f"{key} {name}: {result.requests} answered, {result.failed} failed, "
+                        f"{result.bad_status} bad status"
+                    )
+            ratio = efficiency[0] / efficiency[1] if efficiency[1] else 0.0
+            rounds.append(round(ratio, 3))
+            self.log(f"  {key:<14} side by side round {number + 1}: {ratio:.3f}")
+        per_cpu = {
+            name: requests / cpu if cpu > 0 else 0.0 for name, (requests, cpu) in totals.items()
+        }
+        reference_rate = per_cpu[reference_process]
+        return {
+            "key": key,
+            "title": title,
+            "subject": subject_process,
+            "reference": reference_process,
+            "requests_per_cpu_second": {name: round(rate, 1) for name, rate in per_cpu.items()},
+            "rounds": rounds,
+            "ratio": round(per_cpu[subject_process] / reference_rate, 3) if reference_rate else 0.0,
+        }
+
     def flag(self, key: str, entry: Mapping[str, Any]) -> None:
         """Record every error a comparison saw; any of them fails the run."""
         for side in ("subject", "baseline"):

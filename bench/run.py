@@ -19,6 +19,7 @@ import aiohttp
 import grpc
 
 from bench import loadgen, procstat, scenarios
+from bench.baselines import grpc_path
 from bench.check import Expect
 from bench.fixtures import AUTH, Emulator, Fixtures, login, login_request, prepare, require_ok
 from bench.plan import Cores, Plan
@@ -127,19 +128,27 @@ async def _scenarios(
     return done
 
 
-async def _with_callers(rig: Rig, bare_grpc: str) -> dict[str, Any]:
-    """CheckSession as production runs it: a stack with a callers file, a key on every call."""
+async def _with_callers(
+    rig: Rig, bare_grpc: str, main: scenarios.GrpcSide
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """CheckSession as production runs it: a stack with a callers file, a key on every call.
+
+    The comparison with the bare server, then side by side (`main`: the main stack's
+    CheckSession, no callers file) what the check costs.
+    """
     try:
         async with _stack(rig.workdir, 3, 1, edge=False, callers=True) as third:
-            return await _check_with_key(rig, third, bare_grpc)
+            return await _check_with_key(rig, third, bare_grpc, main)
     finally:
         # Gone with the stack: nothing may try to pin them any more.
         for name in [name for name in rig.processes if name.endswith("@3")]:
             del rig.processes[name]
 
 
-async def _check_with_key(rig: Rig, third: DevStack, bare_grpc: str) -> dict[str, Any]:
-    """The check_caller scenario on a running stack with callers."""
+async def _check_with_key(
+    rig: Rig, third: DevStack, bare_grpc: str, main: scenarios.GrpcSide
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The check_caller scenario on a running stack with callers, and its costs side by side."""
     _adopt(rig, third, "@3")
     rig.arrange([])
     key = (("x-wxlogin-caller-key", third.caller_keys["backend"]),)
@@ -149,12 +158,13 @@ async def _check_with_key(rig: Rig, third: DevStack, bare_grpc: str) -> dict[str
         call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(AUTH + "Login")
         reply = await call(login_request(code), timeout=10, metadata=login_key)
     token = auth_pb2.LoginResponse.FromString(reply).token
-    return await scenarios.grpc_fixed(
+    request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+    compared = await scenarios.grpc_fixed(
         rig,
         key="check_caller",
         title="CheckSession, valid token, caller key checked",
         method="CheckSession",
-        request=auth_pb2.CheckSessionRequest(token=token).SerializeToString(),
+        request=request,
         expect=Expect(),
         target=third.grpc_target,
         bare=bare_grpc,
@@ -162,15 +172,49 @@ async def _check_with_key(rig: Rig, third: DevStack, bare_grpc: str) -> dict[str
         service="service-1@3",
         fine=True,
     )
+    own = scenarios.GrpcSide(
+        f"http://{third.grpc_target}{AUTH}CheckSession", request, "service-1@3", key
+    )
+    bare = scenarios.GrpcSide(
+        f"http://{bare_grpc}{grpc_path('check_caller')}", request, "bare-grpc", key
+    )
+    costs = [
+        await scenarios.grpc_side_by_side(
+            rig,
+            key="caller_cost",
+            title="CheckSession, caller key checked / no callers file",
+            subject=own,
+            reference=main,
+        ),
+        await scenarios.grpc_side_by_side(
+            rig,
+            key="caller_vs_bare",
+            title="CheckSession, caller key checked / bare grpc.aio",
+            subject=own,
+            reference=bare,
+        ),
+    ]
+    return compared, costs
 
 
 async def _check_on_own_stack(
-    rig: Rig, bare_grpc: str, *, number: int, key: str, title: str, env: Mapping[str, str]
-) -> dict[str, Any]:
+    rig: Rig,
+    bare_grpc: str,
+    main: scenarios.GrpcSide,
+    *,
+    number: int,
+    key: str,
+    title: str,
+    env: Mapping[str, str],
+    cost: tuple[str, str],
+    own_is_subject: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """CheckSession (valid token) on a stack of its own, started with `env` on top.
 
-    Its ratio beside check_valid's, both against the same bare server in the same run,
-    is what that setting costs (bench/targets.py).
+    Against the bare server, like every scenario; then `cost` (key, title): side by
+    side with `main` (the main stack's CheckSession), own stack over main if
+    `own_is_subject`, else main over own. That ratio is what the setting costs
+    (bench/targets.py).
     """
     suffix = f"@{number}"
     try:
@@ -180,18 +224,27 @@ async def _check_on_own_stack(
             emulator = Emulator(own.emulator_url, rig.http)
             async with grpc.aio.insecure_channel(own.grpc_target) as channel:
                 token, _ = await login(channel, await emulator.code(f"bench-{key}"))
-            return await scenarios.grpc_fixed(
+            request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+            compared = await scenarios.grpc_fixed(
                 rig,
                 key=key,
                 title=title,
                 method="CheckSession",
-                request=auth_pb2.CheckSessionRequest(token=token).SerializeToString(),
+                request=request,
                 expect=Expect(),
                 target=own.grpc_target,
                 bare=bare_grpc,
                 service=f"service-1{suffix}",
                 fine=True,
             )
+            mine = scenarios.GrpcSide(
+                f"http://{own.grpc_target}{AUTH}CheckSession", request, f"service-1{suffix}"
+            )
+            subject, reference = (mine, main) if own_is_subject else (main, mine)
+            side_by_side = await scenarios.grpc_side_by_side(
+                rig, key=cost[0], title=cost[1], subject=subject, reference=reference
+            )
+            return compared, side_by_side
     finally:
         # Gone with the stack: nothing may try to pin them any more.
         for name in [name for name in rig.processes if name.endswith(suffix)]:
@@ -252,31 +305,43 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         )
         log("scenarios, each beside its baseline")
         results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)
+        main = scenarios.GrpcSide(
+            f"http://{stack.grpc_target}{AUTH}CheckSession",
+            fixtures.grpc_requests["check_valid"],
+            "service-1",
+        )
         log("CheckSession with a caller key checked (a stack with callers)")
-        results["scenarios"].append(await _with_callers(rig, bare_grpc))
+        compared, results["side_by_side"] = await _with_callers(rig, bare_grpc, main)
+        results["scenarios"].append(compared)
         log("CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)")
-        results["scenarios"].append(
-            await _check_on_own_stack(
-                rig,
-                bare_grpc,
-                number=4,
-                key="check_metrics",
-                title="CheckSession, valid token, metrics on",
-                env={"WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"},
-            )
+        compared, cost = await _check_on_own_stack(
+            rig,
+            bare_grpc,
+            main,
+            number=4,
+            key="check_metrics",
+            title="CheckSession, valid token, metrics on",
+            env={"WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"},
+            cost=("metrics_cost", "CheckSession, metrics on / metrics off"),
+            own_is_subject=True,
         )
+        results["scenarios"].append(compared)
+        results["side_by_side"].append(cost)
         log("CheckSession with fixed expiry (a stack whose sessions are never renewed)")
-        results["scenarios"].append(
-            await _check_on_own_stack(
-                rig,
-                bare_grpc,
-                number=5,
-                key="check_fixed_expiry",
-                title="CheckSession, valid token, no sliding expiry",
-                # The absolute lifetime equal to the idle one: nothing is ever renewed.
-                env={"WXLOGIN_SESSION_TTL": "604800", "WXLOGIN_SESSION_MAX_TTL": "604800"},
-            )
+        compared, cost = await _check_on_own_stack(
+            rig,
+            bare_grpc,
+            main,
+            number=5,
+            key="check_fixed_expiry",
+            title="CheckSession, valid token, no sliding expiry",
+            # The absolute lifetime equal to the idle one: nothing is ever renewed.
+            env={"WXLOGIN_SESSION_TTL": "604800", "WXLOGIN_SESSION_MAX_TTL": "604800"},
+            cost=("renewal_cost", "CheckSession, sliding expiry / fixed expiry"),
+            own_is_subject=False,
         )
+        results["scenarios"].append(compared)
+        results["side_by_side"].append(cost)
         rig.arrange(["service-1"])
         log("scaling: 1 and 2 service processes")
         results["scaling"] = await _scaling(rig, stack)

@@ -15,10 +15,11 @@
 | edge_login    | wrk + Lua, one fresh code per request   | edge       | bare aiohttp  |
 
 (*) a stack of its own with a callers file, as in production: every call's key is checked.
-(+) a stack of its own with WXLOGIN_METRICS_LISTEN: its ratio over check_valid's is the
-    cost of the metrics.
+(+) a stack of its own with WXLOGIN_METRICS_LISTEN.
 (-) a stack of its own whose sessions are never renewed (WXLOGIN_SESSION_MAX_TTL equal to
-    WXLOGIN_SESSION_TTL): check_valid's ratio over its ratio is the cost of sliding expiry.
+    WXLOGIN_SESSION_TTL).
+Each of (*), (+) and (-) then runs side by side with the main stack's CheckSession
+(`grpc_side_by_side`): what the callers file, the metrics and sliding expiry cost.
 
 Plus two measurements without a baseline: service RSS over 200k CheckSession calls, and
 CheckSession throughput with one and with two service processes sharing the port.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +59,21 @@ def body_file(rig: Rig, name: str, request: bytes) -> Path:
 
 
 def h2load(
-    rig: Rig, url: str, body: Path, *, pinned: bool = True, headers: Sequence[str] = ()
+    rig: Rig,
+    url: str,
+    body: Path,
+    *,
+    pinned: bool = True,
+    headers: Sequence[str] = (),
+    log_dir: Path | None = None,
 ) -> Runner:
-    """The plan's h2load run: warm-up, then measured seconds, on the load cores if `pinned`."""
+    """The plan's h2load run: warm-up, then measured seconds, on the load cores if `pinned`.
+
+    `log_dir` (default: the work dir) holds its per-request log: two runs at once need two.
+    """
     plan = rig.plan
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
 
     async def run() -> LoadResult:
         return await loadgen.h2load(
@@ -68,7 +81,7 @@ def h2load(
             body,
             clients=plan.clients,
             streams=plan.streams,
-            workdir=rig.workdir,
+            workdir=log_dir or rig.workdir,
             duration=plan.duration,
             warmup=plan.warmup,
             cpus=rig.cores.load if pinned else None,
@@ -141,6 +154,41 @@ async def grpc_fixed(
         check=check,
         baseline_check=baseline_check,
         rounds=plan.fine_rounds if fine else plan.rounds,
+    )
+
+
+@dataclass(frozen=True)
+class GrpcSide:
+    """One side of a side-by-side run: the method's URL, its request, the process answering."""
+
+    url: str
+    request: bytes
+    process: str  # its name in rig.processes
+    metadata: Sequence[tuple[str, str]] = ()
+
+
+async def grpc_side_by_side(
+    rig: Rig, *, key: str, title: str, subject: GrpcSide, reference: GrpcSide
+) -> dict[str, Any]:
+    """`subject` and `reference` under h2load at once, on the server core (Rig.side_by_side)."""
+    runners = []
+    for side, which in ((subject, "subject"), (reference, "reference")):
+        runners.append(
+            h2load(
+                rig,
+                side.url,
+                body_file(rig, f"{key}-{which}", side.request),
+                headers=[f"{name}: {value}" for name, value in side.metadata],
+                log_dir=rig.workdir / f"{key}-{which}",
+            )
+        )
+    return await rig.side_by_side(
+        key=key,
+        title=title,
+        subject=runners[0],
+        subject_process=subject.process,
+        reference=runners[1],
+        reference_process=reference.process,
     )
 
 

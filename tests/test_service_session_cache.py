@@ -67,13 +67,16 @@ def test_check_answers_are_reused_only_for_the_very_same_record() -> None:
     answers = CheckAnswers(max_entries=2)
     first = _record(datetime(2030, 1, 1, tzinfo=UTC))
     answer = answers.of(first)
-    assert answer.user.user_id == "u1" and answer.expires_at.ToDatetime(UTC) == first.expires_at
+    assert answer.user.user_id == "u1"
+    assert answer.expires_at.ToDatetime(UTC) == first.expires_at
     assert answers.of(first) is answer
     renewed = replace(first, expires_at=datetime(2030, 1, 2, tzinfo=UTC))
     assert answers.of(renewed).expires_at.ToDatetime(UTC) == renewed.expires_at
     # Equal but not the same object (read again from MongoDB): built anew, equal.
     again = replace(renewed)
-    assert answers.of(again) is not answers.of(renewed) and answers.of(again) == answers.of(renewed)
+    rebuilt = answers.of(again)
+    assert rebuilt is not answers.of(renewed)
+    assert rebuilt == answers.of(renewed)
     for index in range(5):
         answers.of(replace(first, session_id=f"s{index}"))
     assert len(answers) == 2
