@@ -133,7 +133,7 @@ async def _with_callers(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """CheckSession as production runs it: a stack with a callers file, a key on every call.
 
-    The comparison with the bare server, then side by side (`main`: the main stack's
+    The comparison with the bare server, then side by side (`main`: a plain stack's
     CheckSession, no callers file) what the check costs.
     """
     try:
@@ -212,7 +212,7 @@ async def _check_on_own_stack(
     """CheckSession (valid token) on a stack of its own, started with `env` on top.
 
     Against the bare server, like every scenario; then `cost` (key, title): side by
-    side with `main` (the main stack's CheckSession), own stack over main if
+    side with `main` (a plain stack's CheckSession, `_reference`), own stack over main if
     `own_is_subject`, else main over own. That ratio is what the setting costs
     (bench/targets.py).
     """
@@ -249,6 +249,27 @@ async def _check_on_own_stack(
         # Gone with the stack: nothing may try to pin them any more.
         for name in [name for name in rig.processes if name.endswith(suffix)]:
             del rig.processes[name]
+
+
+async def _reference(rig: Rig, exits: AsyncExitStack) -> scenarios.GrpcSide:
+    """CheckSession on a fresh plain stack (`@6`), alive until the run ends.
+
+    Not the main stack: by then it holds thousands of sessions and a bigger heap from
+    the Login scenarios, worth ~2 % per CheckSession (sliding expiry measured 0.982 x
+    of fixed against it, 1.006 x against a fresh stack). The stacks with a setting are
+    fresh too, so only the setting differs.
+    """
+    reference = await exits.enter_async_context(_stack(rig.workdir, 6, 1, edge=False))
+    _adopt(rig, reference, "@6")
+    rig.arrange([])
+    emulator = Emulator(reference.emulator_url, rig.http)
+    async with grpc.aio.insecure_channel(reference.grpc_target) as channel:
+        token, _ = await login(channel, await emulator.code("bench-reference"))
+    return scenarios.GrpcSide(
+        f"http://{reference.grpc_target}{AUTH}CheckSession",
+        auth_pb2.CheckSessionRequest(token=token).SerializeToString(),
+        "service-1@6",
+    )
 
 
 async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
@@ -305,11 +326,8 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         )
         log("scenarios, each beside its baseline")
         results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)
-        main = scenarios.GrpcSide(
-            f"http://{stack.grpc_target}{AUTH}CheckSession",
-            fixtures.grpc_requests["check_valid"],
-            "service-1",
-        )
+        log("a plain stack of its own, the reference each setting's cost is measured against")
+        main = await _reference(rig, exits)
         log("CheckSession with a caller key checked (a stack with callers)")
         compared, results["side_by_side"] = await _with_callers(rig, bare_grpc, main)
         results["scenarios"].append(compared)

@@ -18,7 +18,7 @@
 (+) a stack of its own with WXLOGIN_METRICS_LISTEN.
 (-) a stack of its own whose sessions are never renewed (WXLOGIN_SESSION_MAX_TTL equal to
     WXLOGIN_SESSION_TTL).
-Each of (*), (+) and (-) then runs side by side with the main stack's CheckSession
+Each of (*), (+) and (-) then runs side by side with a fresh plain stack's CheckSession
 (`grpc_side_by_side`): what the callers file, the metrics and sliding expiry cost.
 
 Plus two measurements without a baseline: service RSS over 200k CheckSession calls, and
