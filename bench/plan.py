@@ -14,9 +14,9 @@ class Plan:
     duration: float  # measured seconds per run
     warmup: float  # seconds of load before measuring starts
     rounds: int  # baseline/scenario alternations per scenario
-    # ... for the CheckSession comparisons whose targets leave a few percent (the caller
-    # key at 0.80 x, and the costs of metrics and sliding expiry, which divide two
-    # ratios): round to round this machine varies by ~10 %, so they get more rounds.
+    # Rounds where a few percent decide: the caller-key comparison (its target leaves
+    # little margin; round to round this machine varies by ~10 %) and every
+    # side-by-side cost run (Rig.side_by_side).
     fine_rounds: int
     rss_first: int  # CheckSession calls before the first RSS reading
     rss_total: int  # ... and in all, before the second

@@ -49,7 +49,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"Run `{plan['name']}` of {meta['started']} ({meta['wall_seconds']:.0f} s in all): "
         f"{plan['rounds']} round(s) per side ({plan.get('fine_rounds', plan['rounds'])} for "
-        "the CheckSession scenarios behind the narrow targets) "
+        "the caller-key scenario and each side-by-side run) "
         f"of {plan['duration']:g} s measured after "
         f"{plan['warmup']:g} s warm-up, {concurrency} concurrent streams for gRPC "
         f"(h2load -c{plan['clients']} -m{plan['streams']}), {plan['connections']} "

@@ -8,6 +8,10 @@ Fairness rules every scenario goes through `Rig.compare` for:
 - Baseline and scenario alternate (A B, then B A, ...), so drift on a shared machine hits
   both sides alike; each side's rounds are merged.
 - CPU and throughput cover the same window: the load generator's own measured seconds.
+
+`Rig.side_by_side`, for the few-percent costs of a setting, bends the first two rules
+on purpose: both processes share the server core at the same time, and their two load
+generators share the other (see its docstring).
 """
 
 from __future__ import annotations
@@ -216,12 +220,15 @@ class Rig:
     ) -> dict[str, Any]:
         """Two processes on the server core *at once*, each under its own load: their cost ratio.
 
-        The ratio is the subject's requests per CPU-second over the reference's, both
-        measured over the same seconds. Alternating runs (`compare`) see this shared
-        machine's speed change from one round to the next by up to ~10 %; side by side,
-        such changes hit both processes alike, so rounds agree within ~2 % and a cost of
-        a few percent can be told from noise. Both are CPU-bound, so requests per
-        CPU-second is what either would serve on a core of its own.
+        The ratio is the subject's requests per CPU-second over the reference's, each
+        over its own load generator's measured seconds (the two start together and
+        run equally long). Alternating runs (`compare`) see this shared machine's
+        speed change from one round to the next by up to ~10 %; side by side, such
+        changes hit both processes alike, so rounds agree within ~2 % and a cost of
+        a few percent can be told from noise. Which load starts first alternates by
+        round. Sharing a core costs each process ~10 % (switches, caches), which may
+        understate a difference a little: these ratios are for costs of a few
+        percent between two of our own stacks, not for the targets against bare.
         """
         self.arrange([subject_process, reference_process])
         names = (subject_process, reference_process)
@@ -230,7 +237,16 @@ class Rig:
         rounds = []
         for number in range(self.plan.fine_rounds):
             async with procstat.Sampler(pids) as sampler:
-                results = await asyncio.gather(subject(), reference())
+                if number % 2 == 0:
+                    results = list(await asyncio.gather(subject(), reference()))
+                else:
+                    results = list(reversed(await asyncio.gather(reference(), subject())))
+            foreign = sampler.foreign_cores(results[0].seconds, results[0].window_end)
+            if foreign > self.plan.foreign_limit:
+                self.warnings.append(
+                    f"{key} side by side round {number + 1}: "
+                    f"other processes used {foreign:.2f} cores"
+                )
             efficiency = []
             for name, result in zip(names, results, strict=True):
                 cpu = sampler.usage(result.seconds, result.window_end)[name].cpu_seconds

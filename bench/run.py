@@ -86,12 +86,11 @@ async def _scenarios(
     budget = scenarios.CodeBudget()
     target, requests = stack.grpc_target, fixtures.grpc_requests
     done = []
-    # check_valid is fine: the costs of metrics and of sliding expiry are ratios over it.
-    for key, title, method, expect, fine in (
-        ("check_valid", "CheckSession, valid token", "CheckSession", Expect(), True),
-        ("check_unknown", "CheckSession, unknown token", "CheckSession", scenarios.UNKNOWN, False),
-        ("decrypt", "DecryptUserData", "DecryptUserData", Expect(), False),
-        ("access_token", "GetAccessToken, from memory", "GetAccessToken", Expect(), False),
+    for key, title, method, expect in (
+        ("check_valid", "CheckSession, valid token", "CheckSession", Expect()),
+        ("check_unknown", "CheckSession, unknown token", "CheckSession", scenarios.UNKNOWN),
+        ("decrypt", "DecryptUserData", "DecryptUserData", Expect()),
+        ("access_token", "GetAccessToken, from memory", "GetAccessToken", Expect()),
     ):
         done.append(
             await scenarios.grpc_fixed(
@@ -103,7 +102,6 @@ async def _scenarios(
                 expect=expect,
                 target=target,
                 bare=bare_grpc,
-                fine=fine,
             )
         )
     done.append(await scenarios.grpc_login(rig, emulator, budget, target=target, bare=bare_grpc))
@@ -172,12 +170,8 @@ async def _check_with_key(
         service="service-1@3",
         fine=True,
     )
-    own = scenarios.GrpcSide(
-        f"http://{third.grpc_target}{AUTH}CheckSession", request, "service-1@3", key
-    )
-    bare = scenarios.GrpcSide(
-        f"http://{bare_grpc}{grpc_path('check_caller')}", request, "bare-grpc", key
-    )
+    own = scenarios.GrpcSide(third.grpc_target, AUTH + "CheckSession", request, "service-1@3", key)
+    bare = scenarios.GrpcSide(bare_grpc, grpc_path("check_caller"), request, "bare-grpc", key)
     costs = [
         await scenarios.grpc_side_by_side(
             rig,
@@ -235,10 +229,9 @@ async def _check_on_own_stack(
                 target=own.grpc_target,
                 bare=bare_grpc,
                 service=f"service-1{suffix}",
-                fine=True,
             )
             mine = scenarios.GrpcSide(
-                f"http://{own.grpc_target}{AUTH}CheckSession", request, f"service-1{suffix}"
+                own.grpc_target, AUTH + "CheckSession", request, f"service-1{suffix}"
             )
             subject, reference = (mine, main) if own_is_subject else (main, mine)
             side_by_side = await scenarios.grpc_side_by_side(
@@ -251,25 +244,37 @@ async def _check_on_own_stack(
             del rig.processes[name]
 
 
-async def _reference(rig: Rig, exits: AsyncExitStack) -> scenarios.GrpcSide:
-    """CheckSession on a fresh plain stack (`@6`), alive until the run ends.
+async def _reference(rig: Rig, exits: AsyncExitStack) -> tuple[scenarios.GrpcSide, dict[str, Any]]:
+    """CheckSession on a fresh plain stack (`@6`), alive until the run ends; and a control.
 
     Not the main stack: by then it holds thousands of sessions and a bigger heap from
     the Login scenarios, worth ~2 % per CheckSession (sliding expiry measured 0.982 x
-    of fixed against it, 1.006 x against a fresh stack). The stacks with a setting are
-    fresh too, so only the setting differs.
+    of fixed against it, 1.007 x against a fresh stack). The stacks with a setting are
+    fresh too, so only the setting differs. The control: a second fresh plain stack
+    (`@7`) side by side with it, i.e. how far two identical stacks differ.
     """
-    reference = await exits.enter_async_context(_stack(rig.workdir, 6, 1, edge=False))
-    _adopt(rig, reference, "@6")
-    rig.arrange([])
-    emulator = Emulator(reference.emulator_url, rig.http)
-    async with grpc.aio.insecure_channel(reference.grpc_target) as channel:
-        token, _ = await login(channel, await emulator.code("bench-reference"))
-    return scenarios.GrpcSide(
-        f"http://{reference.grpc_target}{AUTH}CheckSession",
-        auth_pb2.CheckSessionRequest(token=token).SerializeToString(),
-        "service-1@6",
+    sides = []
+    for number in (6, 7):
+        plain = await exits.enter_async_context(_stack(rig.workdir, number, 1, edge=False))
+        _adopt(rig, plain, f"@{number}")
+        rig.arrange([])
+        emulator = Emulator(plain.emulator_url, rig.http)
+        async with grpc.aio.insecure_channel(plain.grpc_target) as channel:
+            token, _ = await login(channel, await emulator.code(f"bench-reference-{number}"))
+        request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+        sides.append(
+            scenarios.GrpcSide(
+                plain.grpc_target, AUTH + "CheckSession", request, f"service-1@{number}"
+            )
+        )
+    control = await scenarios.grpc_side_by_side(
+        rig,
+        key="control",
+        title="control: CheckSession, plain stack / another plain stack",
+        subject=sides[1],
+        reference=sides[0],
     )
+    return sides[0], control
 
 
 async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
@@ -327,10 +332,11 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         log("scenarios, each beside its baseline")
         results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)
         log("a plain stack of its own, the reference each setting's cost is measured against")
-        main = await _reference(rig, exits)
+        main, control = await _reference(rig, exits)
         log("CheckSession with a caller key checked (a stack with callers)")
-        compared, results["side_by_side"] = await _with_callers(rig, bare_grpc, main)
+        compared, costs = await _with_callers(rig, bare_grpc, main)
         results["scenarios"].append(compared)
+        results["side_by_side"] = [control, *costs]
         log("CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)")
         compared, cost = await _check_on_own_stack(
             rig,

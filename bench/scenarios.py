@@ -19,7 +19,8 @@
 (-) a stack of its own whose sessions are never renewed (WXLOGIN_SESSION_MAX_TTL equal to
     WXLOGIN_SESSION_TTL).
 Each of (*), (+) and (-) then runs side by side with a fresh plain stack's CheckSession
-(`grpc_side_by_side`): what the callers file, the metrics and sliding expiry cost.
+(`grpc_side_by_side`): what the callers file, the metrics and sliding expiry cost; (*)
+also side by side with the bare server, and a control pairs two fresh plain stacks.
 
 Plus two measurements without a baseline: service RSS over 200k CheckSession calls, and
 CheckSession throughput with one and with two service processes sharing the port.
@@ -159,18 +160,28 @@ async def grpc_fixed(
 
 @dataclass(frozen=True)
 class GrpcSide:
-    """One side of a side-by-side run: the method's URL, its request, the process answering."""
+    """One side of a side-by-side run: who answers (host:port, method path), what, which process."""
 
-    url: str
+    target: str
+    path: str
     request: bytes
     process: str  # its name in rig.processes
     metadata: Sequence[tuple[str, str]] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.target}{self.path}"
 
 
 async def grpc_side_by_side(
     rig: Rig, *, key: str, title: str, subject: GrpcSide, reference: GrpcSide
 ) -> dict[str, Any]:
-    """`subject` and `reference` under h2load at once, on the server core (Rig.side_by_side)."""
+    """`subject` and `reference` under h2load at once, on the server core (Rig.side_by_side).
+
+    Afterwards each side's answer is checked with a real client, as after every
+    scenario: h2load counts a gRPC error as a success, and cheap errors would skew
+    the ratio.
+    """
     runners = []
     for side, which in ((subject, "subject"), (reference, "reference")):
         runners.append(
@@ -182,7 +193,7 @@ async def grpc_side_by_side(
                 log_dir=rig.workdir / f"{key}-{which}",
             )
         )
-    return await rig.side_by_side(
+    result = await rig.side_by_side(
         key=key,
         title=title,
         subject=runners[0],
@@ -190,6 +201,18 @@ async def grpc_side_by_side(
         reference=runners[1],
         reference_process=reference.process,
     )
+    for side in (subject, reference):
+        checked = await grpc_sample(
+            side.target,
+            side.path,
+            [side.request],
+            Expect(),
+            samples=rig.plan.samples // 4,
+            metadata=side.metadata,
+        )
+        if checked.errors or not checked.sampled:
+            rig.problems.append(f"{key} {side.process}: {checked.first_error or 'no samples'}")
+    return result
 
 
 class CodeBudget:

@@ -20,6 +20,9 @@ from datetime import datetime
 
 from service.records import SessionRecord
 
+# How many sessions (and unknown token hashes) the service keeps in memory, at most.
+CACHE_ENTRIES = 50_000
+
 
 class SessionCache:
     """Bounded LRU of token-hash -> SessionRecord with a freshness limit."""
@@ -27,7 +30,7 @@ class SessionCache:
     def __init__(
         self,
         max_age: float,
-        max_entries: int = 50_000,
+        max_entries: int = CACHE_ENTRIES,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_age = max_age
@@ -159,7 +162,7 @@ class UnknownTokens:
     def __init__(
         self,
         max_age: float,
-        max_entries: int = 50_000,
+        max_entries: int = CACHE_ENTRIES,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_age = max_age

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from runtime import log_context
 from runtime.ratelimited_log import RateLimitedLog
 from service.access_tokens import AccessTokens
+from service.cache import CACHE_ENTRIES
 from service.callers import ActingAs, CallerGuard, Metadata
 from service.errors import BadRequest, InternalError, WxLoginError, to_grpc_status
 from service.limits import InFlightLimits
@@ -59,7 +61,7 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     ) -> Resp:
         started = time.perf_counter()
         # Built anew (~2 us) at each invocation_metadata(): once per call, shared.
-        metadata = context.invocation_metadata() or ()
+        metadata = tuple(context.invocation_metadata() or ())  # already a tuple: no copy
         call = log_context.begin(self._request_ids.of_call(metadata))
         outcome = _CANCELLED
         try:
@@ -176,12 +178,15 @@ class CheckAnswers:
     answered from the session cache, which hands out the same record object until
     the session changes (renewed, re-cached): so an answer is reused only while its
     record is that very object, and a changed session gets a new one. Answers are
-    never modified once built; grpc only serializes them.
+    never modified once built; grpc only serializes them. Bounded like the session
+    cache, so every cached session can have its answer; the oldest goes first.
     """
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = CACHE_ENTRIES) -> None:
         self._max_entries = max_entries
-        self._answers: dict[str, tuple[SessionRecord, auth_pb2.CheckSessionResponse]] = {}
+        self._answers: OrderedDict[str, tuple[SessionRecord, auth_pb2.CheckSessionResponse]] = (
+            OrderedDict()
+        )
 
     def of(self, record: SessionRecord) -> auth_pb2.CheckSessionResponse:
         """The response for `record`."""
@@ -192,7 +197,7 @@ class CheckAnswers:
             user=_user(record.user), expires_at=_timestamp(record.expires_at)
         )
         if entry is None and len(self._answers) >= self._max_entries:
-            del self._answers[next(iter(self._answers))]  # the oldest: a FIFO is enough
+            self._answers.popitem(last=False)  # O(1), unlike deleting a dict's first key
         self._answers[record.session_id] = (record, answer)
         return answer
 

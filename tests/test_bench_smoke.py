@@ -61,7 +61,13 @@ def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
         assert scenario["baseline_check"]["errors"] == 0, key
         assert 0 < scenario["subject"]["p50_ms"] <= scenario["subject"]["p99_ms"], key
     costs = {cost["key"]: cost for cost in results["side_by_side"]}
-    assert set(costs) == {"caller_cost", "caller_vs_bare", "metrics_cost", "renewal_cost"}
+    assert set(costs) == {
+        "control",
+        "caller_cost",
+        "caller_vs_bare",
+        "metrics_cost",
+        "renewal_cost",
+    }
     for key, cost in costs.items():
         assert cost["ratio"] > 0, key
         assert all(rate > 0 for rate in cost["requests_per_cpu_second"].values()), key
