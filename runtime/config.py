@@ -8,7 +8,9 @@ live once, here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 
 class ConfigError(ValueError):
@@ -79,21 +81,74 @@ def parse_log_level(variable: str, value: str | None, default: str = "INFO") -> 
     return level
 
 
+def parse_number(
+    variable: str,
+    value: str | None,
+    default: float,
+    *,
+    minimum: float,
+    maximum: float | None = None,
+    unit: str = "a number",
+) -> float:
+    """A finite number in [minimum, maximum]; unset or empty means `default`."""
+    return _parse(float, variable, value, default, minimum, maximum, unit)
+
+
+def parse_whole(
+    variable: str,
+    value: str | None,
+    default: int,
+    *,
+    minimum: int,
+    maximum: int | None = None,
+    unit: str = "a whole number",
+) -> int:
+    """A whole number in [minimum, maximum]; unset or empty means `default`."""
+    return _parse(int, variable, value, default, minimum, maximum, unit)
+
+
 def parse_seconds(
     variable: str, value: str | None, default: int, *, minimum: int, maximum: int | None = None
 ) -> int:
     """A whole number of seconds in [minimum, maximum]; unset or empty means `default`."""
-    if value is None or value.strip() == "":
+    return parse_whole(
+        variable, value, default, minimum=minimum, maximum=maximum, unit="whole seconds"
+    )
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _parse(
+    convert: Callable[[str], _Number],
+    variable: str,
+    value: str | None,
+    default: _Number,
+    minimum: float,
+    maximum: float | None,
+    unit: str,
+) -> _Number:
+    if value is None or not value.strip():
         return default
     try:
-        seconds = int(value)
+        number = convert(value)
     except ValueError:
-        raise ConfigError(variable, f"expected whole seconds, got {value!r}") from None
-    if seconds < minimum:
-        raise ConfigError(variable, f"must be >= {minimum}, got {seconds}")
-    if maximum is not None and seconds > maximum:
-        raise ConfigError(variable, f"must be <= {maximum}, got {seconds}")
-    return seconds
+        raise ConfigError(variable, f"expected {unit}, got {value!r}") from None
+    # Written so that NaN fails too (every comparison with it is false), and infinity.
+    if not minimum <= number < float("inf"):
+        raise ConfigError(variable, f"must be >= {minimum:g}, got {number:g}")
+    if maximum is not None and not number <= maximum:
+        raise ConfigError(variable, f"must be <= {maximum:g}, got {number:g}")
+    return number
+
+
+def _within(variable: str, number: _Number, minimum: float, maximum: float | None) -> _Number:
+    # Written so that NaN fails too (every comparison with it is false), and infinity.
+    if not minimum <= number < float("inf"):
+        raise ConfigError(variable, f"must be >= {minimum:g}, got {number:g}")
+    if maximum is not None and not number <= maximum:
+        raise ConfigError(variable, f"must be <= {maximum:g}, got {number:g}")
+    return number
 
 
 def parse_optional_listen(variable: str, value: str | None) -> ListenAddress | None:

@@ -88,8 +88,13 @@ class LoginCode:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-class KeptLogin(NamedTuple):
-    """A login's answer as kept under its code, handed out again for the same code."""
+@dataclass(frozen=True)
+class LoginResult:
+    """A login's answer: a new session's, or the one kept under its code for a replay.
+
+    The token is shown to the caller (again, for the same code) and never stored in
+    the clear: sessions hold its hash, a kept answer is sealed.
+    """
 
     token: str
     expires_at: datetime
@@ -97,7 +102,7 @@ class KeptLogin(NamedTuple):
     new_user: bool
 
     def __repr__(self) -> str:
-        return f"KeptLogin(user={self.user!r}, new_user={self.new_user})"
+        return f"LoginResult(user={self.user!r}, new_user={self.new_user})"
 
 
 def utc_now_ms() -> datetime:

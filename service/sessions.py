@@ -8,7 +8,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from runtime import log_context
@@ -35,6 +35,7 @@ from service.limits import LoginRates
 from service.records import (
     LoginCode,
     LoginReplay,
+    LoginResult,
     NewLogin,
     SessionRecord,
     UserRecord,
@@ -57,19 +58,6 @@ _CLAIM_LEASE = timedelta(seconds=30)
 # Waiting for another process's exchange: polls from 10 ms, doubling, up to 200 ms.
 _FIRST_POLL = 0.01
 _MAX_POLL = 0.2
-
-
-@dataclass(frozen=True)
-class LoginResult:
-    """A new session: the token is shown to the caller once and never stored."""
-
-    token: str
-    expires_at: datetime
-    user: UserRecord
-    new_user: bool
-
-    def __repr__(self) -> str:
-        return f"LoginResult(user={self.user!r}, new_user={self.new_user})"
 
 
 class Sessions:
@@ -213,7 +201,7 @@ class Sessions:
         kept = self._store.open_login_answer(state)
         log_context.note_user(kept.user.user_id)
         log.info("login replayed for the same code user_id=%s", kept.user.user_id)
-        return LoginResult(kept.token, kept.expires_at, kept.user, kept.new_user)
+        return kept
 
     async def _exchange(
         self, app_id: str, code: str, code_id: str, owner: str, deadline: float | None

@@ -13,8 +13,10 @@ from runtime.config import (
     ListenAddress,
     parse_apps,
     parse_listen,
+    parse_number,
     parse_optional_listen,
     parse_seconds,
+    parse_whole,
 )
 from service.crypto import key_id
 
@@ -141,17 +143,24 @@ class Settings:
             callers_file=parse_path("WXLOGIN_CALLERS_FILE", env.get("WXLOGIN_CALLERS_FILE")),
             allow_insecure=parse_bool("WXLOGIN_ALLOW_INSECURE", env.get("WXLOGIN_ALLOW_INSECURE")),
             reflection=parse_bool("WXLOGIN_REFLECTION", env.get("WXLOGIN_REFLECTION")),
-            login_rate_per_app=parse_rate("WXLOGIN_LOGIN_RATE", env.get("WXLOGIN_LOGIN_RATE")),
+            login_rate_per_app=parse_number(
+                "WXLOGIN_LOGIN_RATE",
+                env.get("WXLOGIN_LOGIN_RATE"),
+                DEFAULT_LOGIN_RATE,
+                minimum=0,
+                unit="logins per second (0: no bound)",
+            ),
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
             metrics_listen=parse_optional_listen(
                 "WXLOGIN_METRICS_LISTEN", env.get("WXLOGIN_METRICS_LISTEN")
             ),
-            max_sessions_per_user=parse_count(
+            max_sessions_per_user=parse_whole(
                 "WXLOGIN_MAX_SESSIONS_PER_USER",
                 env.get("WXLOGIN_MAX_SESSIONS_PER_USER"),
                 DEFAULT_MAX_SESSIONS_PER_USER,
+                minimum=1,
                 maximum=10_000,
             ),
             access_token_refresh_before=parse_seconds(
@@ -254,32 +263,6 @@ def parse_session_ttls(env: Mapping[str, str]) -> tuple[int, int]:
             f"must be >= WXLOGIN_SESSION_TTL ({idle} s, the idle lifetime), got {absolute}",
         )
     return idle, absolute
-
-
-def parse_count(variable: str, value: str | None, default: int, *, maximum: int) -> int:
-    """A whole number in [1, maximum]; unset or empty means `default`."""
-    if value is None or not value.strip():
-        return default
-    try:
-        count = int(value)
-    except ValueError:
-        raise ConfigError(variable, f"expected a whole number, got {value!r}") from None
-    if not 1 <= count <= maximum:
-        raise ConfigError(variable, f"must be between 1 and {maximum}, got {count}")
-    return count
-
-
-def parse_rate(variable: str, value: str | None) -> float:
-    """Logins per second, >= 0 (0: no bound); unset or empty means the default."""
-    if value is None or not value.strip():
-        return DEFAULT_LOGIN_RATE
-    try:
-        rate = float(value)
-    except ValueError:
-        raise ConfigError(variable, f"expected logins per second, got {value!r}") from None
-    if not 0 <= rate < float("inf"):
-        raise ConfigError(variable, f"must be >= 0 (0: no bound), got {value!r}")
-    return rate
 
 
 def parse_bool(variable: str, value: str | None) -> bool:

@@ -37,8 +37,8 @@ from service.errors import InternalError, Overloaded, StoreUnavailable, WxLoginE
 from service.metrics import Metrics
 from service.records import (
     AccessTokenRecord,
-    KeptLogin,
     LoginCode,
+    LoginResult,
     NewLogin,
     SavedLogin,
     SessionRecord,
@@ -534,12 +534,12 @@ class Store:
         async with _timed(self._metrics, "release_login_code"), _translated(deadline):
             await self._login_codes.delete_one({"_id": code_id, "owner": owner, "state": "pending"})
 
-    def open_login_answer(self, code: LoginCode) -> KeptLogin:
+    def open_login_answer(self, code: LoginCode) -> LoginResult:
         """The answer kept under a done code; InternalError if it cannot be unsealed."""
         try:
             answer = json.loads(self._cipher.open(code.result, _login_code_aad(code.code_id)))
             user = answer["user"]
-            return KeptLogin(
+            return LoginResult(
                 token=answer["token"],
                 expires_at=datetime.fromtimestamp(answer["expires_at_ms"] / 1000, UTC),
                 user=UserRecord(

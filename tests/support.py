@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -17,7 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from runtime.process import LISTENING, dies_with_parent
-from wxlogin.v1 import auth_pb2
+from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 APP_A = "wxtest0000000000aa"
 APP_B = "wxtest0000000000bb"
@@ -63,6 +64,27 @@ def error_info(error: grpc.aio.AioRpcError) -> ErrorInfo:
                 error.code(), info.reason, info.domain, dict(info.metadata), status.message
             )
     raise AssertionError("no ErrorInfo in status details")
+
+
+def caller_table(
+    name: str, key: str, rpcs: str = '["*"]', apps: str = '["*"]', extra: str = ""
+) -> str:
+    """One [callers.NAME] table of a callers file: the key's SHA-256, as production stores it.
+
+    `rpcs` and `apps` are TOML arrays as written (e.g. '["*", "GetAccessToken"]');
+    `extra`, more lines (e.g. "login_rate = 1\n").
+    """
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f'[callers.{name}]\nkey_sha256 = "{digest}"\nrpcs = {rpcs}\napps = {apps}\n{extra}\n'
+
+
+async def check_reason(stub: auth_pb2_grpc.AuthServiceStub, token: str) -> str:
+    """ "OK" when CheckSession accepts the token, else the ErrorInfo reason it answers."""
+    try:
+        await stub.CheckSession(auth_pb2.CheckSessionRequest(token=token), timeout=5)
+    except grpc.aio.AioRpcError as error:
+        return error_info(error).reason
+    return "OK"
 
 
 class Emulator:

@@ -4,7 +4,6 @@ and unknown tokens answered without MongoDB."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from service.cache import UnknownTokens
 from service.settings import Settings
 from tests.conftest import StubFactory, b64_secret_key
 from tests.edge_support import FakeUpstream, running_edge
-from tests.support import APP_A, APP_B, APPS_ENV, Emulator, error_info
+from tests.support import APP_A, APP_B, APPS_ENV, Emulator, caller_table, error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -194,10 +193,8 @@ async def test_logins_per_caller_follow_its_login_rate(
     """A caller with login_rate = 1 gets its burst of 2; another caller is not held back by it."""
     keys = {"slow": "slow-caller-key-00000001", "fast": "fast-caller-key-00000001"}
     callers = tmp_path / "callers.toml"
-    text = ""
-    for name, rate in (("slow", "login_rate = 1\n"), ("fast", "")):
-        digest = hashlib.sha256(keys[name].encode()).hexdigest()
-        text += f'[callers.{name}]\nkey_sha256 = "{digest}"\nrpcs = ["*"]\napps = ["*"]\n{rate}'
+    text = caller_table("slow", keys["slow"], extra="login_rate = 1\n")
+    text += caller_table("fast", keys["fast"])
     await asyncio.to_thread(callers.write_text, text)
     slow = {"metadata": (("x-wxlogin-caller-key", keys["slow"]),)}
     fast = {"metadata": (("x-wxlogin-caller-key", keys["fast"]),)}

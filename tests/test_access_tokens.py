@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -31,7 +30,7 @@ from service.store import connect as connect_mongo
 from service.wechat import WeChatHttp, new_http_session
 from service.wechat.stable_token import StableToken
 from tests.conftest import SECRET_KEY, ServiceFactory, StubFactory, b64_secret_key
-from tests.support import APP_A, APP_B, APPS, child, error_info
+from tests.support import APP_A, APP_B, APPS, caller_table, child, error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -407,11 +406,7 @@ def grant_file(path: Path) -> Path:
         "star-and-named": '["*", "GetAccessToken"]',
     }
     path.write_text(
-        "".join(
-            f'[callers.{name}]\nkey_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
-            f'rpcs = {rpcs[name]}\napps = ["*"]\n\n'
-            for name, key in GRANT_KEYS.items()
-        )
+        "".join(caller_table(name, key, rpcs[name]) for name, key in GRANT_KEYS.items())
     )
     return path
 

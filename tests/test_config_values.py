@@ -10,7 +10,9 @@ from runtime.config import (
     parse_apps,
     parse_listen,
     parse_log_level,
+    parse_number,
     parse_seconds,
+    parse_whole,
 )
 
 VAR = "WXLOGIN_SOMETHING"
@@ -166,6 +168,35 @@ def test_seconds_have_no_upper_bound_unless_given() -> None:
     assert parse_seconds(VAR, str(10**9), 1, minimum=1) == 10**9
     with pytest.raises(ConfigError, match=">= 1"):
         parse_seconds(VAR, "0", 1, minimum=1)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("nan", "must be >= 0"),
+        ("inf", "must be >= 0"),
+        ("-0.5", "must be >= 0"),
+        ("60.5", "must be <= 60"),
+        ("soon", "expected seconds"),
+    ],
+)
+def test_numbers_refuse_nan_infinity_and_out_of_range(value: str, problem: str) -> None:
+    """parse_number (the edge's cache seconds, login rates): finite, within its bounds."""
+    with pytest.raises(ConfigError) as caught:
+        parse_number(VAR, value, 2.0, minimum=0, maximum=60, unit="seconds")
+    assert caught.value.variable == VAR
+    assert problem in caught.value.problem
+
+
+def test_numbers_and_whole_numbers_within_bounds() -> None:
+    """Unset or blank is the default; bounds are inclusive; whole numbers refuse fractions."""
+    assert parse_number(VAR, None, 2.0, minimum=0) == 2.0
+    assert parse_number(VAR, " 0.25 ", 2.0, minimum=0, maximum=60) == 0.25
+    assert parse_whole(VAR, "10000", 10, minimum=1, maximum=10_000) == 10_000
+    with pytest.raises(ConfigError, match="expected a whole number"):
+        parse_whole(VAR, "2.5", 10, minimum=1)
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        parse_whole(VAR, "0", 10, minimum=1)
 
 
 def test_apps_parse_with_spaces_around_entries() -> None:

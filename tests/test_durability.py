@@ -12,7 +12,7 @@ import pytest
 
 from service.embedded_mongo import EmbeddedMongo
 from tests.conftest import ServiceFactory
-from tests.support import APP_A, Emulator, error_info, mongod_pids
+from tests.support import APP_A, Emulator, check_reason, error_info, mongod_pids
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -23,15 +23,6 @@ async def login_burst(stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, count:
         *(stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=code), timeout=10) for code in codes)
     )
     return [reply.token for reply in replies]
-
-
-async def check_reason(stub: auth_pb2_grpc.AuthServiceStub, token: str) -> str:
-    """ "OK" when CheckSession accepts the token, else the ErrorInfo reason."""
-    try:
-        await stub.CheckSession(auth_pb2.CheckSessionRequest(token=token), timeout=5)
-    except grpc.aio.AioRpcError as error:
-        return error_info(error).reason
-    return "OK"
 
 
 async def test_tokens_handed_out_survive_a_mongod_sigkill(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from service.app import RPC_NAMES
 from service.callers import REVOKE_BY_USER_ID, load_callers
 from tests.conftest import StubFactory
 from tests.edge_support import running_edge
-from tests.support import APP_A, APP_B, APPS, Emulator, error_info
+from tests.support import APP_A, APP_B, APPS, Emulator, caller_table, check_reason, error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 DEAD_TOKEN = "wxl1_" + "x" * 43
@@ -24,15 +23,6 @@ DEAD_TOKEN = "wxl1_" + "x" * 43
 async def login(stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, app: str, user: str) -> Any:
     """One Login of `user` with a fresh code."""
     return await stub.Login(auth_pb2.LoginRequest(app_id=app, code=await emu.code(app, user)))
-
-
-async def check_reason(stub: auth_pb2_grpc.AuthServiceStub, token: str) -> str:
-    """ "OK" when the token is live, else the reason CheckSession gives."""
-    try:
-        await stub.CheckSession(auth_pb2.CheckSessionRequest(token=token))
-    except grpc.aio.AioRpcError as error:
-        return error_info(error).reason
-    return "OK"
 
 
 async def revoke_all(stub: auth_pb2_grpc.AuthServiceStub, **who: str) -> int:
@@ -108,13 +98,7 @@ GRANTS = {
 
 def callers_file(path: Path) -> Path:
     """A callers file with the four callers of KEYS."""
-    path.write_text(
-        "".join(
-            f'[callers.{name}]\nkey_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
-            f"rpcs = {GRANTS[name][0]}\napps = {GRANTS[name][1]}\n\n"
-            for name, key in KEYS.items()
-        )
-    )
+    path.write_text("".join(caller_table(name, key, *GRANTS[name]) for name, key in KEYS.items()))
     return path
 
 

@@ -14,7 +14,7 @@ from devtools.replica_set import ReplicaSet
 from service.app import RunningService
 from service.settings import Settings
 from tests.conftest import ServiceFactory, settings_on
-from tests.support import APP_A, Emulator, error_info
+from tests.support import APP_A, Emulator, check_reason
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 # Without the stream, a revoked session would stay cached this long in the other process.
@@ -43,18 +43,9 @@ async def two_services(
         yield services, stubs
 
 
-async def reason(stub: auth_pb2_grpc.AuthServiceStub, token: str) -> str:
-    """ "OK" or the reason CheckSession answers for the token."""
-    try:
-        await stub.CheckSession(auth_pb2.CheckSessionRequest(token=token))
-    except grpc.aio.AioRpcError as error:
-        return error_info(error).reason
-    return "OK"
-
-
 async def until_invalid(stub: auth_pb2_grpc.AuthServiceStub, token: str) -> None:
     """Poll until the token is SESSION_INVALID there (callers bound it with wait_for)."""
-    while await reason(stub, token) == "OK":  # noqa: ASYNC110 - polling a remote answer
+    while await check_reason(stub, token) == "OK":  # noqa: ASYNC110 - polling a remote answer
         await asyncio.sleep(0.005)
 
 
@@ -71,7 +62,7 @@ async def test_a_revocation_reaches_the_other_processes_cache(
     async with two_services(start_service, session_cache_seconds=LONG_CACHE) as (services, stubs):
         assert all(running.revocations and running.revocations.watching for running in services)
         token = await login(stubs[0], emu, "stream-one")
-        assert await reason(stubs[1], token) == "OK"  # cached in the second process now
+        assert await check_reason(stubs[1], token) == "OK"  # cached in the second process now
         await stubs[0].RevokeSession(auth_pb2.RevokeSessionRequest(token=token))
         await asyncio.wait_for(until_invalid(stubs[1], token), 10)
 
@@ -85,10 +76,10 @@ async def test_log_out_everywhere_and_the_cap_reach_the_other_process(
     ) as (_, stubs):
         tokens = [await login(stubs[0], emu, "stream-all") for _ in range(2)]
         for token in tokens:
-            assert await reason(stubs[1], token) == "OK"
+            assert await check_reason(stubs[1], token) == "OK"
         await login(stubs[0], emu, "stream-all")  # the cap ends the first
         await asyncio.wait_for(until_invalid(stubs[1], tokens[0]), 10)
-        assert await reason(stubs[1], tokens[1]) == "OK"
+        assert await check_reason(stubs[1], tokens[1]) == "OK"
         await stubs[0].RevokeAllSessions(auth_pb2.RevokeAllSessionsRequest(token=tokens[1]))
         await asyncio.wait_for(until_invalid(stubs[1], tokens[1]), 10)
 
@@ -100,7 +91,7 @@ async def test_a_stream_broken_by_a_failover_resumes_from_its_token(
     async with two_services(start_service, session_cache_seconds=LONG_CACHE) as (services, stubs):
         tokens = [await login(stubs[0], emu, f"stream-failover-{i}") for i in range(2)]
         for token in tokens:
-            assert await reason(stubs[1], token) == "OK"
+            assert await check_reason(stubs[1], token) == "OK"
         old = await replica_set.wait_for_primary()
         try:
             await replica_set.kill(old)
@@ -129,13 +120,13 @@ async def test_a_stream_that_cannot_resume_clears_the_cache_and_starts_afresh(
     """Sessions dropped (stream invalidated, token unusable): cache cleared, a new stream."""
     async with two_services(start_service, session_cache_seconds=LONG_CACHE) as (_, stubs):
         token = await login(stubs[0], emu, "stream-wiped")
-        assert await reason(stubs[1], token) == "OK"
+        assert await check_reason(stubs[1], token) == "OK"
         # A wipe deletes no document one by one: only the cleared cache forgets the token.
         await db.sessions.drop()
         await asyncio.wait_for(until_invalid(stubs[1], token), 20)
         # And the fresh stream carries revocations again.
         fresh = await login(stubs[0], emu, "stream-wiped")
-        assert await reason(stubs[1], fresh) == "OK"
+        assert await check_reason(stubs[1], fresh) == "OK"
         await stubs[0].RevokeSession(auth_pb2.RevokeSessionRequest(token=fresh))
         await asyncio.wait_for(until_invalid(stubs[1], fresh), 20)
 
@@ -150,8 +141,8 @@ async def test_on_a_standalone_mongod_the_cache_bound_stays(
     ) as (services, stubs):
         assert not any(running.revocations and running.revocations.watching for running in services)
         token = await login(stubs[0], emu, "standalone")
-        assert await reason(stubs[1], token) == "OK"
+        assert await check_reason(stubs[1], token) == "OK"
         await stubs[0].RevokeSession(auth_pb2.RevokeSessionRequest(token=token))
-        assert await reason(stubs[0], token) == "SESSION_INVALID"
+        assert await check_reason(stubs[0], token) == "SESSION_INVALID"
         # The documented price on a standalone mongod: cached elsewhere until the bound.
-        assert await reason(stubs[1], token) == "OK"
+        assert await check_reason(stubs[1], token) == "OK"

@@ -13,6 +13,7 @@ from runtime.config import (
     parse_listen,
     parse_log_format,
     parse_log_level,
+    parse_number,
     parse_optional_listen,
 )
 
@@ -56,14 +57,23 @@ class EdgeConfig:
             ),
             parse_target("WXLOGIN_UPSTREAM", env.get("WXLOGIN_UPSTREAM")),
             parse_log_level("WXLOGIN_LOG_LEVEL", env.get("WXLOGIN_LOG_LEVEL")),
-            parse_cache_seconds(
-                "WXLOGIN_EDGE_SESSION_CACHE", env.get("WXLOGIN_EDGE_SESSION_CACHE")
+            parse_number(
+                "WXLOGIN_EDGE_SESSION_CACHE",
+                env.get("WXLOGIN_EDGE_SESSION_CACHE"),
+                DEFAULT_SESSION_CACHE_SECONDS,
+                minimum=0,
+                maximum=60,  # 0 turns the cache off
+                unit="seconds",
             ),
             UpstreamConfig.from_env(env),
-            parse_positive(
-                "WXLOGIN_EDGE_LOGIN_RATE", env.get("WXLOGIN_EDGE_LOGIN_RATE"), DEFAULT_LOGIN_RATE
+            parse_number(
+                "WXLOGIN_EDGE_LOGIN_RATE",
+                env.get("WXLOGIN_EDGE_LOGIN_RATE"),
+                DEFAULT_LOGIN_RATE,
+                minimum=0,
+                unit="logins per second (0: no bound)",
             ),
-            parse_positive(
+            parse_number(
                 "WXLOGIN_EDGE_LOGIN_BURST",
                 env.get("WXLOGIN_EDGE_LOGIN_BURST"),
                 DEFAULT_LOGIN_BURST,
@@ -75,19 +85,6 @@ class EdgeConfig:
             ),
             log_format=parse_log_format("WXLOGIN_LOG_FORMAT", env.get("WXLOGIN_LOG_FORMAT")),
         )
-
-
-def parse_positive(variable: str, value: str | None, default: float, minimum: float = 0) -> float:
-    """A number >= `minimum`; unset or empty means `default`."""
-    if value is None or not value.strip():
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(variable, f"expected a number, got {value!r}") from None
-    if not minimum <= number < float("inf"):
-        raise ConfigError(variable, f"must be >= {minimum:g}, got {value!r}")
-    return number
 
 
 def parse_networks(
@@ -111,16 +108,3 @@ def parse_target(variable: str, value: str | None) -> str:
     if not target or any(char.isspace() for char in target):
         raise ConfigError(variable, f"expected a gRPC target such as HOST:PORT, got {value!r}")
     return target
-
-
-def parse_cache_seconds(variable: str, value: str | None) -> float:
-    """Seconds from 0 (off) to 60."""
-    if value is None or not value.strip():
-        return DEFAULT_SESSION_CACHE_SECONDS
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ConfigError(variable, f"expected seconds, got {value!r}") from None
-    if not 0 <= seconds <= 60:
-        raise ConfigError(variable, f"must be between 0 and 60, got {value!r}")
-    return seconds
