@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from service.embedded_mongo import EmbeddedMongo, EmbeddedMongoError, free_port
@@ -26,7 +26,7 @@ _NOT_YET_INITIALIZED, _INVALID_REPLICA_SET_CONFIG = 94, 93
 # stalls and elects a new primary in a few seconds.
 _SETTINGS = {"electionTimeoutMillis": 2000, "heartbeatIntervalMillis": 500}
 
-MotorClient = AsyncIOMotorClient[dict[str, Any]]
+MongoClient = AsyncMongoClient[dict[str, Any]]
 
 
 class ReplicaSetError(EmbeddedMongoError):
@@ -209,10 +209,10 @@ class ReplicaSet:
         return None
 
     @contextlib.asynccontextmanager
-    async def _client(self, index: int) -> AsyncIterator[MotorClient]:
+    async def _client(self, index: int) -> AsyncIterator[MongoClient]:
         # A fresh direct client per question: a client kept across a member's
         # kill and restart would answer from its stale view of that member.
-        client: MotorClient = AsyncIOMotorClient(
+        client: MongoClient = AsyncMongoClient(
             self.members[index].uri,
             serverSelectionTimeoutMS=1000,
             connectTimeoutMS=1000,
@@ -221,7 +221,7 @@ class ReplicaSet:
         try:
             yield client
         finally:
-            client.close()
+            await client.close()
 
 
 def _host(member: EmbeddedMongo) -> str:

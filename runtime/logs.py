@@ -152,9 +152,9 @@ def configure(
 
 
 # pymongo logs every command at DEBUG, JSON-dumping its documents (sealed keys
-# among them) on motor's worker threads: far more than anyone reads, and that
-# allocation on worker threads is where a garbage collection once finalized a
-# gRPC object off its own thread and crashed the process (a test run's segfault).
+# among them): far more than anyone reads. Under motor that ran on its worker
+# threads, where a garbage collection once finalized a gRPC object off its own
+# thread and crashed the process (a test run's segfault).
 DRIVER_LOGGERS = ("pymongo",)
 
 

@@ -112,7 +112,7 @@ async def running_service(
         except ConfigurationError:
             # pymongo's text may quote the URI, password included.
             raise ConfigError("WXLOGIN_MONGODB_URI", "not a valid MongoDB URI") from None
-        stack.callback(mongo_client.close)
+        stack.push_async_callback(mongo_client.close)
         store = Store(
             mongo_client[settings.database],
             SessionKeyCipher(settings.secret_key, settings.old_secret_keys),
@@ -324,9 +324,9 @@ async def _watch_store(
     try:
         while True:
             # A ping that outlives its wait is left to finish on its own (pymongo's
-            # timeouts bound it) rather than cancelled: a cancelled motor call
-            # can leave its executor future behind, and a new ping is not
-            # started while an old one is still out.
+            # timeouts bound it) rather than cancelled, and a new ping is not
+            # started while an old one is still out: one ping at a time, however
+            # long MongoDB is gone.
             if ping is None or ping.done():
                 ping = asyncio.ensure_future(store.ping())
                 ping.add_done_callback(_consume)

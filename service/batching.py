@@ -1,7 +1,7 @@
 """Group commit: writes that arrive while one is in flight go to MongoDB together.
 
-Every motor call costs a MongoDB round trip, two thread hops through motor's
-executor and a fight for the GIL, however many documents it carries. Under
+Every driver call costs a MongoDB round trip and its share of the event loop's
+CPU (encoding, the socket, the reply), however many documents it carries. Under
 load, Login spent most of its CPU there (bench/README.md): 64 concurrent logins
 meant 128 separate writes. A GroupCommit sends the first item at once, so an
 idle service adds no latency, and everything that arrives while that write is

@@ -169,7 +169,7 @@ class Metrics:
         self._access_token_expiry.labels(app_id).set(epoch_seconds)
 
     def mongodb_operation(self, operation: str, outcome: str, seconds: float) -> None:
-        """One MongoDB operation (service/store.py) and how it ended."""
+        """One MongoDB operation (service/store/) and how it ended."""
         child = self._mongodb_children.get((operation, outcome))
         if child is None:
             child = self._mongodb_children[operation, outcome] = self._mongodb_seconds.labels(

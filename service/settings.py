@@ -92,7 +92,7 @@ class Settings:
     # WeChat's 300 s overlap window, where normal-mode stable_token mints the next one.
     access_token_refresh_before: int = DEFAULT_ACCESS_TOKEN_REFRESH_BEFORE
     # WXLOGIN_MAX_SESSIONS_PER_USER: a login beyond this many live sessions of its
-    # user ends the oldest (service/store.py, _trim_sessions).
+    # user ends the oldest (service/store/sessions.py, Sessions.trim).
     max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
 
     def __repr__(self) -> str:

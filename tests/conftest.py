@@ -63,9 +63,9 @@ async def _hang_guard() -> AsyncIterator[None]:
 def _collect_on_the_loop_thread() -> Iterator[None]:
     """After each test, collect its garbage here, on the event loop's thread.
 
-    Left to chance, a collection runs on whichever thread allocates next, often
-    one of motor's workers, and a gRPC object finalized off its own thread there
-    crashed a whole run once (segfault). The driver's DEBUG logs, the biggest
+    Left to chance, a collection runs on whichever thread allocates next (a
+    driver's monitor thread, grpc's), and a gRPC object finalized off its own
+    thread there crashed a whole run once (segfault). The driver's DEBUG logs, the biggest
     allocator on those threads, stay off as in production (runtime/logs.py).
     """
     logs.quiet_driver_logs()
@@ -203,7 +203,7 @@ async def db(settings: Settings) -> AsyncIterator[Any]:
     """The test's database, read directly to check what is stored."""
     client = connect(settings.mongodb_uri or "")
     yield client[settings.database]
-    client.close()
+    await client.close()
 
 
 def b64_secret_key() -> str:

@@ -263,7 +263,7 @@ async def broker_parts(
     async with new_http_session() as http:
         yield store, StableToken(WeChatHttp(http, wechat.base, total_timeout=2.0), dict(APPS))
     await store.close()
-    client.close()
+    await client.close()
 
 
 async def test_force_mode_waits_30s_between_refreshes(

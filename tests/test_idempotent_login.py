@@ -80,7 +80,7 @@ async def test_twenty_requests_for_one_code_across_two_processes(
             sessions = client["wxlogin"].sessions
             assert await sessions.count_documents({"openid": replies[0].user.openid}) == 1
         finally:
-            client.close()
+            await client.close()
 
 
 async def test_a_bad_code_fails_the_same_way_without_asking_again(

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from bson import ObjectId
 from google.protobuf import json_format
-from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import AsyncMongoClient
 
 from devtools.replica_set import ReplicaSet
 from service.settings import Settings
@@ -79,7 +79,7 @@ async def test_killed_primary_is_replaced_and_rejoins_after_restart(
 
 async def _user_reaches(replica_set: ReplicaSet, index: int, database: str, user_id: str) -> bool:
     """Does member `index` itself hold the user within 30 s (replication is asynchronous)?"""
-    client: AsyncIOMotorClient[dict[str, Any]] = AsyncIOMotorClient(
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         replica_set.members[index].uri, serverSelectionTimeoutMS=5000
     )
     try:
@@ -89,7 +89,7 @@ async def _user_reaches(replica_set: ReplicaSet, index: int, database: str, user
             await asyncio.sleep(0.2)
         return False
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_every_token_handed_out_survives_a_primary_sigkill_under_load(

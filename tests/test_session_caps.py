@@ -105,7 +105,7 @@ async def test_two_processes_logging_one_user_in_stay_within_the_cap(
             # The children use the default database name.
             assert await live_in_db(client["wxlogin"], replies[0].user.user_id) == 5
         finally:
-            client.close()
+            await client.close()
 
 
 def test_the_cap_is_read_from_the_environment() -> None:

@@ -57,7 +57,7 @@ async def parts(settings: Settings) -> AsyncIterator[tuple[Store, WeChatClient]]
     finally:
         await store.close()
         await http.close()
-        client.close()
+        await client.close()
 
 
 @pytest.fixture

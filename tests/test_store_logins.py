@@ -29,7 +29,7 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
     await store.ensure_indexes()
     yield store
     await store.close()
-    client.close()
+    await client.close()
 
 
 def new_login(openid: str, app_id: str = APP_A, unionid: str | None = None) -> NewLogin:
@@ -126,7 +126,7 @@ async def test_an_unreachable_mongodb_fails_every_login_of_the_batch(settings: S
         )
     finally:
         await store.close()
-        client.close()
+        await client.close()
     assert all(isinstance(result, StoreUnavailable) for result in results)
     assert len({id(result) for result in results}) == 3  # no exception object is shared
 
@@ -178,9 +178,9 @@ class OneBulkWriteFailure:
 async def test_a_duplicate_key_race_is_retried_for_just_the_losers(store: Store, db: Any) -> None:
     """Op 1 of 3 loses a race: only it is sent again, and every login succeeds."""
     flaky = OneBulkWriteFailure(
-        store._users, {"writeErrors": [{"index": 1, "code": 11000, "errmsg": "dup"}]}
+        store.users.collection, {"writeErrors": [{"index": 1, "code": 11000, "errmsg": "dup"}]}
     )
-    store._users = flaky  # type: ignore[assignment]
+    store.users.collection = flaky  # type: ignore[assignment]
     logins = [new_login(f"race-{i}") for i in range(3)]
     results = await asyncio.gather(*(store.save_login(login) for login in logins))
     assert flaky.calls == [3, 1]
@@ -195,9 +195,10 @@ async def test_a_write_concern_error_fails_the_batch_instead_of_retrying(
 ) -> None:
     """No writeErrors, only a write-concern error: INTERNAL for all, no second bulk_write."""
     flaky = OneBulkWriteFailure(
-        store._users, {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "wc"}]}
+        store.users.collection,
+        {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "wc"}]},
     )
-    store._users = flaky  # type: ignore[assignment]
+    store.users.collection = flaky  # type: ignore[assignment]
     results = await asyncio.gather(
         *(store.save_login(new_login(f"wc-{i}")) for i in range(2)), return_exceptions=True
     )
