@@ -56,6 +56,17 @@ def key_id(secret_key: bytes) -> bytes:
     return hmac.new(secret_key, b"wxlogin sealed session_key id", "sha256").digest()[:_KEY_ID_BYTES]
 
 
+def sealed_key_id(blob: bytes) -> bytes | None:
+    """The key id a sealed blob names; None for the format from before key ids.
+
+    From the header alone, no decryption: a blob from before key ids whose random
+    nonce happens to start like a header (1 in 256) names a "key" nobody has.
+    """
+    if len(blob) < _HEADER_BYTES + _NONCE_BYTES + _TAG_BYTES or blob[0] != _SEALED_V1:
+        return None
+    return blob[1:_HEADER_BYTES]
+
+
 class SessionKeyCipher:
     """AES-256-GCM for session_keys at rest, bound to the session they belong to.
 
@@ -113,11 +124,14 @@ class SessionKeyCipher:
             return None
         return self.seal(self.open(blob, session_id), session_id)
 
+    def holds(self, kid: bytes) -> bool:
+        """True when `kid` names the current key or one of the old ones."""
+        return kid in self._by_id
+
     def _keyed(self, blob: bytes) -> AESGCM | None:
         """The key a v1 blob names, if it is one we hold."""
-        if len(blob) < _HEADER_BYTES + _NONCE_BYTES + _TAG_BYTES or blob[0] != _SEALED_V1:
-            return None
-        return self._by_id.get(blob[1:_HEADER_BYTES])
+        kid = sealed_key_id(blob)
+        return None if kid is None else self._by_id.get(kid)
 
 
 def decode_b64(field: str, value: str) -> bytes:
