@@ -19,6 +19,7 @@ from service import crypto
 from service.admin import main, run
 from service.embedded_mongo import free_port
 from service.settings import Settings
+from service.store.operators import SEALED, Operators, ResealCount, resealing
 from tests.conftest import SECRET_KEY, StubFactory, b64_secret_key
 from tests.support import (
     APP_A,
@@ -297,6 +298,20 @@ async def test_blobs_under_an_unconfigured_key_are_reported_and_left(
     assert (outcome["resealed"], outcome["unopenable"]) == (1, 1)
     assert (await db.sessions.find_one({"_id": "s-unknown"}))["session_key"] == sealed["s-unknown"]
     assert by_key(await admin_json(settings, "keys")) == {crypto.key_id(KEY_A).hex(): 1, c: 1}
+
+
+async def test_a_blob_rewritten_since_the_read_keeps_the_newer_one(db: Any) -> None:
+    """A re-sealing writes only if the blob is still the one read: a newer one stands, counted."""
+    cipher = crypto.SessionKeyCipher(KEY_B, old_keys=[KEY_A])
+    read = crypto.SessionKeyCipher(KEY_A).seal("a2V5LXJlYWQxMjM0NTY3OA==", "s-raced")
+    newer = cipher.seal("a2V5LW5ld2VyMTIzNDU2Nw==", "s-raced")  # a login meanwhile
+    await db.sessions.insert_one({"_id": "s-raced", "session_key": Binary(newer)})
+    sessions = next(place for place in SEALED if place.where == "sessions.session_key")
+    outcome = ResealCount(sessions.where)
+    update = resealing(sessions, "s-raced", read, cipher.reseal(read, "s-raced") or b"")
+    await Operators(db, cipher)._write(sessions, [update], outcome)
+    assert (outcome.resealed, outcome.changed) == (0, 1)
+    assert (await db.sessions.find_one({"_id": "s-raced"}))["session_key"] == newer
 
 
 # -- access tokens -------------------------------------------------------------------------------

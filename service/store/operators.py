@@ -105,7 +105,7 @@ class AccessTokenState:
 
 
 @dataclass(frozen=True)
-class _Sealed:
+class SealedPlace:
     """One place that holds sealed blobs, and what each blob there is bound to."""
 
     collection: str
@@ -120,16 +120,24 @@ class _Sealed:
 
 # Every place the service seals something with WXLOGIN_SECRET_KEY.
 SEALED = (
-    _Sealed("sessions", "session_key", (), lambda doc: str(doc["_id"])),
-    _Sealed(
+    SealedPlace("sessions", "session_key", (), lambda doc: str(doc["_id"])),
+    SealedPlace(
         "users",
         "session_key",
         ("app_id", "openid"),
         lambda doc: _user_key_aad(doc["app_id"], doc["openid"]),
     ),
-    _Sealed("access_tokens", "token", (), lambda doc: access_token_aad(str(doc["_id"]))),
-    _Sealed("login_codes", "result", (), lambda doc: _answer_aad(str(doc["_id"]))),
+    SealedPlace("access_tokens", "token", (), lambda doc: access_token_aad(str(doc["_id"]))),
+    SealedPlace("login_codes", "result", (), lambda doc: _answer_aad(str(doc["_id"]))),
 )
+
+
+def resealing(place: SealedPlace, doc_id: Any, blob: bytes, resealed: bytes) -> UpdateOne:
+    """The write that replaces `blob` with `resealed`, only if `blob` is still the one stored."""
+    return UpdateOne(
+        {"_id": doc_id, place.field: Binary(blob)}, {"$set": {place.field: Binary(resealed)}}
+    )
+
 
 _USER_DETAIL_FIELDS = {
     "_id": 1,
@@ -280,12 +288,7 @@ class Operators:
                     if dry_run:
                         outcome.resealed += 1
                         continue
-                    batch.append(
-                        UpdateOne(
-                            {"_id": doc["_id"], place.field: Binary(blob)},
-                            {"$set": {place.field: Binary(resealed)}},
-                        )
-                    )
+                    batch.append(resealing(place, doc["_id"], blob, resealed))
                     if len(batch) >= batch_size:
                         await self._write(place, batch, outcome)
                         batch = []
@@ -294,12 +297,15 @@ class Operators:
                 outcomes.append(outcome)
         return outcomes
 
-    async def _write(self, place: _Sealed, batch: list[UpdateOne], outcome: ResealCount) -> None:
+    async def _write(
+        self, place: SealedPlace, batch: list[UpdateOne], outcome: ResealCount
+    ) -> None:
+        """One bulk write of re-sealings; those whose blob changed since the read match nothing."""
         result = await durable(self._db, place.collection).bulk_write(batch, ordered=False)
         outcome.resealed += result.modified_count
         outcome.changed += len(batch) - result.modified_count
 
-    def _blobs(self, place: _Sealed, batch_size: int) -> AsyncIterator[Document]:
+    def _blobs(self, place: SealedPlace, batch_size: int) -> AsyncIterator[Document]:
         fields = {"_id": 1, place.field: 1, **dict.fromkeys(place.fields, 1)}
         cursor = self._reads(place.collection).find(
             {place.field: {"$type": "binData"}}, fields, batch_size=batch_size
