@@ -394,8 +394,9 @@ async def cmd_keys(ctx: Context, args: argparse.Namespace) -> None:
         verdict.append(
             "Every sealed blob is under the current key"
             + (
-                ": WXLOGIN_SECRET_KEYS_OLD can be emptied once every service process runs "
-                "with this WXLOGIN_SECRET_KEY."
+                ": WXLOGIN_SECRET_KEYS_OLD can be emptied, if every service process "
+                "already sealed with this WXLOGIN_SECRET_KEY before this count (else restart "
+                "them, re-seal and count again)."
                 if ctx.settings.old_secret_keys
                 else "."
             )
