@@ -89,6 +89,8 @@ async def test_a_user_is_found_by_user_id_openid_and_unionid(
     assert [u["user_id"] for u in in_app["users"]] == [b.user.user_id]
     anywhere = await admin_json(settings, "user", "--openid", b.user.openid)
     assert [u["user_id"] for u in anywhere["users"]] == [b.user.user_id]
+    code, before_command, _ = await admin(settings, "--json", "user", a.user.user_id)
+    assert (code, json.loads(before_command)["users"]) == (0, by_id)  # --json either side
     linked = (await admin_json(settings, "user", "--unionid", f"union-{name}"))["users"]
     assert sorted(u["user_id"] for u in linked) == sorted([a.user.user_id, b.user.user_id])
     assert {u["account_id"] for u in linked} == {a.user.account_id}
