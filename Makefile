@@ -83,6 +83,7 @@ demo: proto
 # Needs the C load generators; `tools` installs them when missing.
 bench: proto tools
 	$(PY) -m bench --profile
+	$(PY) -m bench.drivers
 
 bench-smoke: proto tools
 	$(PY) -m bench --smoke

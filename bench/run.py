@@ -96,7 +96,7 @@ async def _scenarios(
     emulator = Emulator(stack.emulator_url, rig.http)
     budget = scenarios.CodeBudget()
     target, requests = stack.grpc_target, fixtures.grpc_requests
-    key = _caller_key(stack)
+    caller = _caller_key(stack)
     done = []
     for key, title, method, expect in (
         ("check_valid", "CheckSession, valid token", "CheckSession", Expect()),
@@ -114,12 +114,12 @@ async def _scenarios(
                 expect=expect,
                 target=target,
                 bare=bare_grpc,
-                metadata=key,
+                metadata=caller,
             )
         )
     done.append(
         await scenarios.grpc_login(
-            rig, emulator, budget, target=target, bare=bare_grpc, metadata=key
+            rig, emulator, budget, target=target, bare=bare_grpc, metadata=caller
         )
     )
     done.append(
@@ -130,7 +130,7 @@ async def _scenarios(
             token=fixtures.token,
             target=target,
             bare=bare_grpc,
-            metadata=key,
+            metadata=caller,
         )
     )
     if stack.edge_url:
