@@ -90,7 +90,7 @@ async def python_backend(target: str, caller_key: str | None) -> AsyncIterator[s
 async def test_node_client_and_middleware_against_the_live_service(
     start_service: ServiceFactory, emu: Emulator, db: Any, tmp_path: Path
 ) -> None:
-    """`node --test clients/node/test/` passes: client, errors, deadlines, TLS, middleware parity."""
+    """`node --test` of clients/node passes: client, errors, deadlines, TLS, middleware parity."""
     node = tool("node")
     await node_modules()
     callers = tmp_path / "callers.toml"
@@ -158,7 +158,7 @@ async def test_node_client_and_middleware_against_the_live_service(
 
 
 async def test_node_package_ships_the_proto_and_its_types(tmp_path: Path) -> None:
-    """`npm pack` puts the repository's proto, index.d.ts and lib/ in the package; tsc accepts them."""
+    """`npm pack` ships the repository's proto, index.d.ts and lib/; tsc accepts the types."""
     await node_modules()
     code, output = await run(
         tool("npm"),
