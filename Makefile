@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := protos/wxlogin/v1/auth.proto
 PROTO_OUT := wxlogin/v1/auth_pb2.py wxlogin/v1/auth_pb2_grpc.py wxlogin/v1/auth_pb2.pyi wxlogin/v1/auth_pb2_grpc.pyi
 
-.PHONY: help venv tools proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos clean
+.PHONY: help venv tools buf node-client contract proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos clean
 
 help:
 	@echo "make run        start the dev stack (embedded mongod, WeChat emulator, service, edge)"
 	@echo "make test       install everything needed, then lint, typecheck and the whole test suite"
 	@echo "make demo       walk a simulated mini-program through the flow against a dev stack"
 	@echo "make bench      benchmarks against bare baselines (results in bench/results/)"
+	@echo "make contract   buf lint + buf breaking on protos/ (against the merge base with main)"
 	@echo "make lint | typecheck | check | proto | clean"
 
 venv: $(STAMP)
@@ -51,8 +52,9 @@ edge: proto
 	$(PY) -m clients.edge
 
 # The programs the suite drives besides Python: h2load and wrk (bench smoke),
-# node (the mini-program sample's test). Installed with apt when missing.
-TOOLS := h2load:nghttp2-client wrk:wrk node:nodejs promtool:prometheus
+# node and npm (the mini-program sample's and the Node client's tests, buf).
+# Installed with apt when missing.
+TOOLS := h2load:nghttp2-client wrk:wrk node:nodejs npm:npm promtool:prometheus
 tools:
 	@missing=""; for pair in $(TOOLS); do \
 	    command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
@@ -62,12 +64,36 @@ tools:
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# npm packages, each into a project-local node_modules (git-ignored), installed
+# only when missing or when the lock file changed: buf from ./package.json, and
+# the Node client's own dependencies from clients/node/package.json.
+BUF := node_modules/.bin/buf
+NODE_CLIENT_DEPS := clients/node/node_modules/.package-lock.json
+
+$(BUF): package.json package-lock.json | tools
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(NODE_CLIENT_DEPS): clients/node/package.json clients/node/package-lock.json | tools
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+buf: $(BUF)
+
+node-client: $(NODE_CLIENT_DEPS)
+
+# The proto is the API of every backend, in any language: buf lint (buf.yaml),
+# then buf breaking against the proto this commit started from (devtools/contract.py:
+# the merge base with main on a branch, the previous commit on main itself).
+contract: $(BUF) $(STAMP)
+	$(PY) -m devtools.contract --buf $(BUF)
+
 # What CI runs (.ci/run): the house rules first, then every test with branch coverage.
-test: lint typecheck pytest
+test: lint typecheck contract pytest
 
 check: test
 
-pytest: proto tools
+pytest: proto tools $(BUF) $(NODE_CLIENT_DEPS)
 	$(PY) -m pytest --cov --cov-report=term
 
 lint: $(STAMP)
@@ -83,6 +109,7 @@ demo: proto
 # Needs the C load generators; `tools` installs them when missing.
 bench: proto tools
 	$(PY) -m bench --profile
+	$(PY) -m bench.drivers
 
 bench-smoke: proto tools
 	$(PY) -m bench --smoke
@@ -92,4 +119,4 @@ chaos: proto
 	$(PY) -m bench.chaos
 
 clean:
-	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache node_modules clients/node/node_modules

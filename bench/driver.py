@@ -16,7 +16,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -31,13 +31,14 @@ async def _worker(
     stop_at: float,
     latencies_us: list[int],
     outcomes: Counter[str],
+    metadata: Sequence[tuple[str, str]],
 ) -> None:
     for body in bodies:
         started = time.monotonic()
         if started >= stop_at:
             return
         try:
-            await call(body, timeout=30)
+            await call(body, timeout=30, metadata=metadata)
             outcome = "OK"
         except grpc.aio.AioRpcError as error:
             outcome = error.code().name
@@ -56,6 +57,7 @@ async def drive(
     streams: int,
     duration: float,
     warmup: float,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> dict[str, object]:
     """Send each body once, `channels * streams` at a time, until done or out of time."""
     opened = [
@@ -75,7 +77,13 @@ async def drive(
         await asyncio.gather(
             *(
                 _worker(
-                    channel.unary_unary(path), shared, measure_from, stop_at, latencies_us, outcomes
+                    channel.unary_unary(path),
+                    shared,
+                    measure_from,
+                    stop_at,
+                    latencies_us,
+                    outcomes,
+                    metadata,
                 )
                 for channel in opened
                 for _ in range(streams)
@@ -127,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=0.0)
+    parser.add_argument(
+        "--header", action="append", default=[], help="NAME: VALUE with every call (a caller key)"
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(
         drive(
@@ -137,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             streams=args.streams,
             duration=args.duration,
             warmup=args.warmup,
+            metadata=[tuple(h.split(": ", 1)) for h in args.header],  # type: ignore[misc]
         )
     )
     print(json.dumps(result), flush=True)

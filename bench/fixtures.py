@@ -28,6 +28,9 @@ LOGIN_USERS = 1000
 # The user whose phone codes GetPhoneNumber exchanges (set up with a phone number).
 PHONE_USER = "bench-phone"
 
+# gRPC metadata of every call: a caller key, where the stack has callers.
+Metadata = Sequence[tuple[str, str]]
+
 
 class Emulator:
     """The emulator's dev endpoints, as the mini-program side of the benchmark."""
@@ -97,11 +100,13 @@ def login_json(code: str) -> bytes:
     return json.dumps({"code": code, "app_id": DEV_APP}, separators=(",", ":")).encode()
 
 
-async def _capture(channel: grpc.aio.Channel, method: str, request: bytes) -> CannedGrpc:
+async def _capture(
+    channel: grpc.aio.Channel, method: str, request: bytes, metadata: Metadata = ()
+) -> CannedGrpc:
     """Call the real service once and keep its exact answer (or status and trailers)."""
     call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(AUTH + method)
     try:
-        response = await call(request, timeout=10)
+        response = await call(request, timeout=10, metadata=metadata)
     except grpc.aio.AioRpcError as error:
         trailers = tuple(
             (key, value)
@@ -130,20 +135,27 @@ class Fixtures:
         )
 
 
-async def login(channel: grpc.aio.Channel, code: str) -> tuple[str, bytes]:
+async def login(channel: grpc.aio.Channel, code: str, metadata: Metadata = ()) -> tuple[str, bytes]:
     """Log in with `code`; the token and the raw LoginResponse."""
     call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(AUTH + "Login")
-    raw = await call(login_request(code), timeout=10)
+    raw = await call(login_request(code), timeout=10, metadata=metadata)
     return auth_pb2.LoginResponse.FromString(raw).token, raw
 
 
 async def prepare(
-    grpc_target: str, edge_url: str, emulator: Emulator, http: aiohttp.ClientSession
+    grpc_target: str,
+    edge_url: str,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    metadata: Metadata = (),
 ) -> Fixtures:
-    """Log users in, build each scenario's request and capture the real answers."""
+    """Log users in, build each scenario's request and capture the real answers
+    (`metadata`: the caller key every call carries)."""
     fixtures = Fixtures()
     async with grpc.aio.insecure_channel(grpc_target) as channel:
-        fixtures.token, login_response = await login(channel, await emulator.code("bench-check"))
+        fixtures.token, login_response = await login(
+            channel, await emulator.code("bench-check"), metadata
+        )
         fixtures.canned_grpc["login"] = CannedGrpc(login_response)
 
         check = auth_pb2.CheckSessionRequest(token=fixtures.token).SerializeToString()
@@ -153,7 +165,7 @@ async def prepare(
 
         # The decrypting user logs in once and is never minted a code again: the
         # emulator encrypts under the session_key of the user's latest wx.login().
-        decrypt_token, _ = await login(channel, await emulator.code("bench-decrypt"))
+        decrypt_token, _ = await login(channel, await emulator.code("bench-decrypt"), metadata)
         bundle = await emulator.user_data("bench-decrypt")
         decrypt = auth_pb2.DecryptUserDataRequest(
             token=decrypt_token,
@@ -173,12 +185,12 @@ async def prepare(
             ("access_token", "GetAccessToken", access_token),
         ):
             fixtures.grpc_requests[key] = request
-            fixtures.canned_grpc[key] = await _capture(channel, method, request)
+            fixtures.canned_grpc[key] = await _capture(channel, method, request, metadata)
 
         await emulator.phone_user()
         (phone_code,) = await emulator.phone_codes(1)
         fixtures.canned_grpc["phone_number"] = await _capture(
-            channel, "GetPhoneNumber", phone_request(fixtures.token, phone_code)
+            channel, "GetPhoneNumber", phone_request(fixtures.token, phone_code), metadata
         )
 
     if edge_url:

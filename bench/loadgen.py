@@ -298,9 +298,12 @@ async def driver(
     duration: float,
     warmup: float,
     cpus: Sequence[int] | None = None,
+    headers: Sequence[str] = (),
 ) -> LoadResult:
     """bench.driver: one distinct body per call, every response's status checked."""
     argv = [sys.executable, "-m", "bench.driver", "--target", target, "--path", path]
+    for header in headers:
+        argv += ["--header", header]
     argv += ["--bodies", str(bodies), "--channels", str(channels), "--streams", str(streams)]
     argv += ["--duration", str(duration), "--warmup", str(warmup)]
     output = await _run(_pinned(argv, cpus), duration + warmup + 60)

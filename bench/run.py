@@ -79,12 +79,24 @@ async def _bare(rig: Rig, exits: AsyncExitStack, kind: str, canned: Path) -> str
     return f"127.0.0.1:{port}"
 
 
+def _production_env() -> dict[str, str]:
+    """The production set-up's settings on top of the dev stack's: metrics on (callers come
+    from `_stack(callers=True)`, durability is always on)."""
+    return {**os.environ, "WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"}
+
+
+def _caller_key(stack: DevStack) -> tuple[tuple[str, str], ...]:
+    """The metadata of a caller that may call every RPC of the stack (its "demo" caller)."""
+    return (("x-wxlogin-caller-key", stack.caller_keys["demo"]),)
+
+
 async def _scenarios(
     rig: Rig, stack: DevStack, fixtures: Fixtures, bare_grpc: str, bare_http: str
 ) -> list[dict[str, Any]]:
     emulator = Emulator(stack.emulator_url, rig.http)
     budget = scenarios.CodeBudget()
     target, requests = stack.grpc_target, fixtures.grpc_requests
+    caller = _caller_key(stack)
     done = []
     for key, title, method, expect in (
         ("check_valid", "CheckSession, valid token", "CheckSession", Expect()),
@@ -102,9 +114,14 @@ async def _scenarios(
                 expect=expect,
                 target=target,
                 bare=bare_grpc,
+                metadata=caller,
             )
         )
-    done.append(await scenarios.grpc_login(rig, emulator, budget, target=target, bare=bare_grpc))
+    done.append(
+        await scenarios.grpc_login(
+            rig, emulator, budget, target=target, bare=bare_grpc, metadata=caller
+        )
+    )
     done.append(
         await scenarios.grpc_phone_number(
             rig,
@@ -113,6 +130,7 @@ async def _scenarios(
             token=fixtures.token,
             target=target,
             bare=bare_grpc,
+            metadata=caller,
         )
     )
     if stack.edge_url:
@@ -279,16 +297,18 @@ async def _reference(rig: Rig, exits: AsyncExitStack) -> tuple[scenarios.GrpcSid
 
 async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
     """A second stack with two service processes on one port, compared with the first."""
-    async with _stack(rig.workdir, 2, 2, edge=False) as second:
+    async with _stack(rig.workdir, 2, 2, edge=False, callers=True, env=_production_env()) as second:
         _adopt(rig, second, "@2")
         rig.arrange([])  # off the server core until measured
         setups = []
         for stack, names in ((first, ["service-1"]), (second, ["service-1@2", "service-2@2"])):
             emulator = Emulator(stack.emulator_url, rig.http)
             async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
-                token, _ = await login(channel, await emulator.code("bench-scaling"))
+                token, _ = await login(
+                    channel, await emulator.code("bench-scaling"), _caller_key(stack)
+                )
             request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
-            setups.append((stack.grpc_target, request, names))
+            setups.append((stack.grpc_target, request, names, _caller_key(stack)))
         return await scenarios.scaling(rig, setups[0], setups[1])
 
 
@@ -306,13 +326,21 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
     async with AsyncExitStack() as exits:
         http = await exits.enter_async_context(aiohttp.ClientSession())
         rig = Rig(plan, cores, workdir, http, log)
-        stack = await exits.enter_async_context(_stack(workdir, 1, 1, edge=True))
+        # The production set-up: callers checked (a key on every call), metrics on,
+        # durable writes (always): what issue 18's targets are measured on.
+        stack = await exits.enter_async_context(
+            _stack(workdir, 1, 1, edge=True, callers=True, env=_production_env())
+        )
         _adopt(rig, stack)
         if not stack.edge_url:
             rig.problems.append("the edge (clients.edge) is not importable: no edge scenarios")
         rig.arrange(["service-1"])
         fixtures = await prepare(
-            stack.grpc_target, stack.edge_url, Emulator(stack.emulator_url, http), http
+            stack.grpc_target,
+            stack.edge_url,
+            Emulator(stack.emulator_url, http),
+            http,
+            _caller_key(stack),
         )
         require_ok(fixtures)
         # The caller scenario's baseline answers what a valid CheckSession does.
@@ -327,7 +355,10 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
 
         log("memory: CheckSession with a valid token")
         results["rss"] = await scenarios.rss_growth(
-            rig, target=stack.grpc_target, request=fixtures.grpc_requests["check_valid"]
+            rig,
+            target=stack.grpc_target,
+            request=fixtures.grpc_requests["check_valid"],
+            metadata=_caller_key(stack),
         )
         log("scenarios, each beside its baseline")
         results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)

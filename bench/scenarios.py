@@ -242,6 +242,7 @@ async def grpc_single_use(
     target: str,
     bare: str,
     subject_processes: list[str],
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """A scenario whose every call spends a single-use code: bench.driver, not h2load.
 
@@ -266,6 +267,7 @@ async def grpc_single_use(
             duration=plan.duration,
             warmup=plan.warmup,
             cpus=rig.cores.load,
+            headers=[f"{name}: {value}" for name, value in metadata],
         )
         budget.learn(result)
         return result
@@ -277,7 +279,9 @@ async def grpc_single_use(
 
     async def check() -> CheckResult:
         sampled = await requests(plan.samples)
-        return await grpc_sample(target, AUTH + method, sampled, Expect(), samples=plan.samples)
+        return await grpc_sample(
+            target, AUTH + method, sampled, Expect(), samples=plan.samples, metadata=metadata
+        )
 
     async def baseline_check() -> CheckResult:
         return await grpc_sample(
@@ -292,7 +296,9 @@ async def grpc_single_use(
         title=title,
         driven_by=(
             f"bench.driver {plan.clients} conn x {plan.streams} streams, a fresh "
-            f"{'phone code' if key == 'phone_number' else 'code'} per call; baseline: h2load"
+            f"{'phone code' if key == 'phone_number' else 'code'} per call"
+            + (", caller key" if metadata else "")
+            + "; baseline: h2load"
         ),
         subject=subject,
         subject_processes=subject_processes,
@@ -304,7 +310,13 @@ async def grpc_single_use(
 
 
 async def grpc_login(
-    rig: Rig, emulator: Emulator, budget: CodeBudget, *, target: str, bare: str
+    rig: Rig,
+    emulator: Emulator,
+    budget: CodeBudget,
+    *,
+    target: str,
+    bare: str,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Login with fresh codes (`grpc_single_use`).
 
@@ -327,6 +339,7 @@ async def grpc_login(
         target=target,
         bare=bare,
         subject_processes=["service-1", "emulator", "mongod"],
+        metadata=metadata,
     )
     stand_ins = CodeBudget(20_000).codes(plan.warmup + plan.duration)
     ceiling = await loadgen.driver(
@@ -347,7 +360,14 @@ async def grpc_login(
 
 
 async def grpc_phone_number(
-    rig: Rig, emulator: Emulator, budget: CodeBudget, *, token: str, target: str, bare: str
+    rig: Rig,
+    emulator: Emulator,
+    budget: CodeBudget,
+    *,
+    token: str,
+    target: str,
+    bare: str,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """GetPhoneNumber with a fresh phone code per call (`grpc_single_use`), WeChat-bound
     like Login: each call checks the session (from memory), takes the app's access_token
@@ -368,6 +388,7 @@ async def grpc_phone_number(
         target=target,
         bare=bare,
         subject_processes=["service-1", "emulator"],
+        metadata=metadata,
     )
 
 
@@ -488,7 +509,9 @@ async def edge_login(
     )
 
 
-async def rss_growth(rig: Rig, *, target: str, request: bytes) -> dict[str, Any]:
+async def rss_growth(
+    rig: Rig, *, target: str, request: bytes, metadata: Sequence[tuple[str, str]] = ()
+) -> dict[str, Any]:
     """Service RSS after its first rss_first CheckSession calls, and after rss_total."""
     plan = rig.plan
     rig.arrange(["service-1"])
@@ -504,6 +527,7 @@ async def rss_growth(rig: Rig, *, target: str, request: bytes) -> dict[str, Any]
             workdir=rig.workdir,
             requests=count,
             cpus=rig.cores.load,
+            headers=[f"{name}: {value}" for name, value in metadata],
         )
         if result.failed or result.bad_status or result.requests != count:
             rig.problems.append(f"rss: {result.requests} of {count} calls succeeded")
@@ -525,27 +549,30 @@ async def rss_growth(rig: Rig, *, target: str, request: bytes) -> dict[str, Any]
 
 async def scaling(
     rig: Rig,
-    one: tuple[str, bytes, list[str]],
-    two: tuple[str, bytes, list[str]],
+    one: tuple[str, bytes, list[str], Sequence[tuple[str, str]]],
+    two: tuple[str, bytes, list[str], Sequence[tuple[str, str]]],
 ) -> dict[str, Any]:
     """CheckSession (valid token) on 1 and on 2 service processes, alternating rounds.
 
-    Each setup is (gRPC target, CheckSession request, its service processes' names).
+    Each setup is (gRPC target, CheckSession request, its service processes' names, the
+    metadata of every call).
     Nothing is pinned: the service processes and h2load share the whole machine. (Pinning
     one process per core cannot be done fairly on two cores: h2load needs one too.)
     """
     plan = rig.plan
     setups = {"1": one, "2": two}
     sides = {"1": Side(), "2": Side()}
-    for _, _, names in setups.values():
+    for _, _, names, _ in setups.values():
         rig.unpin(names)
     bodies = {side: body_file(rig, f"scaling-{side}", setup[1]) for side, setup in setups.items()}
     for number in range(plan.rounds):
         for side in ("1", "2") if number % 2 == 0 else ("2", "1"):
-            target, _, names = setups[side]
+            target, _, names, metadata = setups[side]
             url = f"http://{target}{AUTH}CheckSession"
             label = f"scaling {side} round {number + 1}"
-            measured = await rig.measure(h2load(rig, url, bodies[side], pinned=False), names, label)
+            headers = [f"{name}: {value}" for name, value in metadata]
+            runner = h2load(rig, url, bodies[side], pinned=False, headers=headers)
+            measured = await rig.measure(runner, names, label)
             sides[side].add(measured)
             rig.log(
                 f"  scaling        {side} process(es), round {number + 1}: "
@@ -553,9 +580,14 @@ async def scaling(
             )
     summaries = {side: sides[side].summary() for side in setups}
     checks = {}
-    for side, (target, request, _) in setups.items():
+    for side, (target, request, _, metadata) in setups.items():
         checked = await grpc_sample(
-            target, AUTH + "CheckSession", [request], Expect(), samples=plan.samples
+            target,
+            AUTH + "CheckSession",
+            [request],
+            Expect(),
+            samples=plan.samples,
+            metadata=metadata,
         )
         checks[side] = checked.as_json()
         summary = summaries[side]

@@ -1,4 +1,8 @@
-"""The performance targets (issues 4, 10, 11, 12 and 13), checked against one run's results."""
+"""The performance targets (issues 4, 10-13 and 18), checked against one run's results.
+
+Issue 18 raised the main ones and measures them on the production set-up: the main stack
+checks a caller key on every call, has metrics on and writes durably (bench/run.py).
+"""
 
 from __future__ import annotations
 
@@ -59,7 +63,7 @@ def _rss_growth(results: Mapping[str, Any]) -> float | None:
 
 TARGETS = (
     Target(
-        "check_valid_ratio", "CheckSession >= 0.60 x bare grpc.aio", _ratio("check_valid"), 0.60
+        "check_valid_ratio", "CheckSession >= 0.90 x bare grpc.aio", _ratio("check_valid"), 0.90
     ),
     Target("check_valid_p99", "CheckSession p99 <= 20 ms", _p99("check_valid"), 20.0, True, " ms"),
     Target(
@@ -70,9 +74,9 @@ TARGETS = (
     ),
     Target(
         "check_unknown_ratio",
-        "CheckSession, unknown token >= 0.70 x bare grpc.aio",
+        "CheckSession, unknown token >= 0.85 x bare grpc.aio",
         _ratio("check_unknown"),
-        0.70,
+        0.85,
     ),
     # Costs of a setting: two of our own stacks side by side, requests per CPU-second.
     Target(
@@ -88,8 +92,8 @@ TARGETS = (
         0.98,
         digits=3,
     ),
-    Target("decrypt_ratio", "DecryptUserData >= 0.50 x bare grpc.aio", _ratio("decrypt"), 0.50),
-    Target("login_ratio", "Login >= 0.30 x bare grpc.aio", _ratio("login"), 0.30),
+    Target("decrypt_ratio", "DecryptUserData >= 0.70 x bare grpc.aio", _ratio("decrypt"), 0.70),
+    Target("login_ratio", "Login >= 0.40 x bare grpc.aio", _ratio("login"), 0.40),
     Target(
         "access_token_ratio",
         "GetAccessToken (from memory) >= 0.80 x bare grpc.aio",
@@ -105,9 +109,9 @@ TARGETS = (
     ),
     Target(
         "edge_session_ratio",
-        "edge GET /v1/session >= 0.40 x bare aiohttp",
+        "edge GET /v1/session >= 0.45 x bare aiohttp",
         _ratio("edge_session"),
-        0.40,
+        0.45,
     ),
     Target(
         "rss_growth",

@@ -110,9 +110,9 @@ class LoginCodes:
             raise StoreUnavailable("no time left for the session store before the deadline")
         claim = _Claim(code_id, owner, lease_until, expires_at, deadline)
         try:
-            return await asyncio.wait_for(
-                self._writes.submit(claim), None if seconds == float("inf") else seconds
-            )
+            # asyncio.timeout, not wait_for: no task of its own for each call.
+            async with asyncio.timeout(None if seconds == float("inf") else seconds):
+                return await self._writes.submit(claim)
         except TimeoutError:
             raise StoreUnavailable() from None
         except QueueFull:

@@ -80,9 +80,9 @@ class Logins:
             # The caller stops waiting before its deadline; the batch write itself
             # is bounded by the latest deadline in its batch (see _write).
             # A session written after its caller left is never handed out: harmless.
-            return await asyncio.wait_for(
-                self._batches.submit(login), None if seconds == float("inf") else seconds
-            )
+            # asyncio.timeout, not wait_for: no task of its own for each login.
+            async with asyncio.timeout(None if seconds == float("inf") else seconds):
+                return await self._batches.submit(login)
         except TimeoutError:
             outage.log(
                 logging.WARNING, "login wait", "login writes did not finish before their deadlines"

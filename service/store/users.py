@@ -128,8 +128,9 @@ class Users:
         query = {
             "$or": [{"app_id": app_id, "openid": {"$in": ids}} for app_id, ids in openids.items()]
         }
-        # One batch for all of them: one round trip.
-        cursor = self._primary.find(query, _USER_FIELDS, batch_size=len(keys))
+        # One batch for all of them: one round trip. The limit tells mongod the cursor
+        # ends there; with a batch size alone a full first batch costs a getMore too.
+        cursor = self._primary.find(query, _USER_FIELDS, batch_size=len(keys), limit=len(keys))
         return {(doc["app_id"], doc["openid"]): doc async for doc in cursor}
 
     async def find(self, user_id: str, *, deadline: float | None = None) -> UserRecord | None:
