@@ -161,7 +161,7 @@ class LoginCodes:
             },
             "new_user": saved.new_user,
         }
-        return self._cipher.seal(json.dumps(answer), _answer_aad(replay.code_id))
+        return self._cipher.seal(json.dumps(answer), answer_aad(replay.code_id))
 
     async def _write(self, items: Sequence[_Claim | _Answer]) -> list[LoginCode | Exception | None]:
         operations = [
@@ -267,7 +267,7 @@ class LoginCodes:
     def open_answer(self, code: LoginCode) -> LoginResult:
         """The answer kept under a done code; InternalError if it cannot be unsealed."""
         try:
-            answer = json.loads(self._cipher.open(code.result, _answer_aad(code.code_id)))
+            answer = json.loads(self._cipher.open(code.result, answer_aad(code.code_id)))
             user = answer["user"]
             return LoginResult(
                 token=answer["token"],
@@ -299,6 +299,6 @@ def _login_code(doc: Document) -> LoginCode:
     )
 
 
-def _answer_aad(code_id: str) -> str:
+def answer_aad(code_id: str) -> str:
     """What a kept login answer is bound to: its code; it can't be moved to another."""
     return f"login_code:{code_id}"

@@ -27,8 +27,8 @@ from service.store.access_tokens import access_token_aad
 
 # The rooms' own bindings (private to their rooms, shared within the store), so a
 # blob re-sealed here is bound exactly as the room that opens it expects.
-from service.store.login_codes import _answer_aad
-from service.store.users import _user_key_aad, user_record
+from service.store.login_codes import answer_aad
+from service.store.users import user_key_aad, user_record
 
 # Bounds on what one command reads: an openid or a unionid names a user per app, and
 # a user has at most WXLOGIN_MAX_SESSIONS_PER_USER live sessions (briefly more).
@@ -125,10 +125,10 @@ SEALED = (
         "users",
         "session_key",
         ("app_id", "openid"),
-        lambda doc: _user_key_aad(doc["app_id"], doc["openid"]),
+        lambda doc: user_key_aad(doc["app_id"], doc["openid"]),
     ),
     SealedPlace("access_tokens", "token", (), lambda doc: access_token_aad(str(doc["_id"]))),
-    SealedPlace("login_codes", "result", (), lambda doc: _answer_aad(str(doc["_id"]))),
+    SealedPlace("login_codes", "result", (), lambda doc: answer_aad(str(doc["_id"]))),
 )
 
 

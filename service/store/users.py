@@ -150,7 +150,7 @@ class Users:
         self, app_id: str, openid: str, session_key: str, login: NewLogin | None = None
     ) -> dict[str, Any]:
         """The fields that make `session_key` the user's current one, sealed."""
-        sealed = self._cipher.seal(session_key, _user_key_aad(app_id, openid))
+        sealed = self._cipher.seal(session_key, user_key_aad(app_id, openid))
         at = datetime.now(UTC) if login is None else login.created_at
         return {"session_key": Binary(sealed), "session_key_at": at}
 
@@ -166,7 +166,7 @@ class Users:
         if doc is None or doc.get("session_key") is None:
             return None
         sealed = bytes(doc["session_key"])
-        aad = _user_key_aad(user.app_id, user.openid)
+        aad = user_key_aad(user.app_id, user.openid)
         try:
             session_key = self._cipher.open(sealed, aad)
         except Exception:
@@ -210,7 +210,7 @@ def is_user_id(text: str) -> bool:
     return len(text) == 24 and ObjectId.is_valid(text)
 
 
-def _user_key_aad(app_id: str, openid: str) -> str:
+def user_key_aad(app_id: str, openid: str) -> str:
     """What a user's sealed session_key is bound to: the blob can't move to another user.
 
     Not the user's _id: a login's upsert seals the key before it knows the id.
