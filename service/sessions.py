@@ -53,8 +53,12 @@ _MAX_CODE_LENGTH = 256
 # A wx.login() code is valid 5 minutes: its answer is kept as long (login_codes).
 _CODE_LIFETIME = timedelta(minutes=5)
 # How long a claim of a code stands before another process may take it over:
-# longer than an exchange can take (WeChat's bounded retries, then MongoDB).
+# longer than an exchange can take (WeChat's bounded retries, then MongoDB). An
+# exchange ends with its first caller's deadline, so with one the lease ends a
+# margin after it: a process killed mid-exchange holds the code no longer than
+# it could have used it, and a retry on another process takes over within its own.
 _CLAIM_LEASE = timedelta(seconds=30)
+_CLAIM_MARGIN = timedelta(seconds=1)
 # Waiting for another process's exchange: polls from 10 ms, doubling, up to 200 ms.
 _FIRST_POLL = 0.01
 _MAX_POLL = 0.2
@@ -154,7 +158,7 @@ class Sessions:
             state = await self._store.claim_login_code(
                 code_id,
                 owner,
-                lease_until=now + _CLAIM_LEASE,
+                lease_until=now + _lease(deadline),
                 expires_at=now + _CODE_LIFETIME,
                 deadline=deadline,
             )
@@ -174,7 +178,7 @@ class Sessions:
             # Its owner's lease ran out (it crashed, or is stuck): take it over.
             now = self._now()
             if await self._store.take_over_login_code(
-                code_id, owner, now=now, lease_until=now + _CLAIM_LEASE, deadline=deadline
+                code_id, owner, now=now, lease_until=now + _lease(deadline), deadline=deadline
             ):
                 return await self._exchange(app_id, code, code_id, owner, deadline)
 
@@ -418,3 +422,12 @@ async def _best_effort(write: Awaitable[None]) -> None:
         await write
     except WxLoginError as error:
         log.warning("login code clean-up failed (%s); its lease ends it", error.reason)
+
+
+def _lease(deadline: float | None) -> timedelta:
+    """How long a claim made now stands: to the exchange's deadline and a margin, at most
+    _CLAIM_LEASE (and that long without a deadline)."""
+    if deadline is None:
+        return _CLAIM_LEASE
+    left = timedelta(seconds=max(deadline - asyncio.get_running_loop().time(), 0.0))
+    return min(_CLAIM_LEASE, left + _CLAIM_MARGIN)

@@ -147,3 +147,17 @@ async def test_the_client_library_retries_a_login_whose_answer_was_lost(
         with pytest.raises(clients.WeChatUnavailable):
             await client.login("other-code")
         assert len(fake.auth.calls_to("Login")) == 3
+
+
+async def test_a_claim_stands_no_longer_than_its_callers_deadline(
+    stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, db: Any
+) -> None:
+    """Login with a 3 s deadline: its claim's lease ends within ~4 s (30 s without one)."""
+    timed_code, untimed_code = await emu.code(APP_A, "leased"), await emu.code(APP_A, "leased")
+    before = datetime.now(UTC)
+    await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=timed_code), timeout=3)
+    await login(stub, untimed_code)
+    timed = await db.login_codes.find_one({"_id": code_id(timed_code)})
+    untimed = await db.login_codes.find_one({"_id": code_id(untimed_code)})
+    assert timed["lease_until"] <= before + timedelta(seconds=4.5)
+    assert untimed["lease_until"] >= before + timedelta(seconds=29)
