@@ -85,6 +85,7 @@ async def _scenarios(
     emulator = Emulator(stack.emulator_url, rig.http)
     budget = scenarios.CodeBudget()
     target, requests = stack.grpc_target, fixtures.grpc_requests
+    plan = rig.plan
     done = []
     for key, title, method, expect in (
         ("check_valid", "CheckSession, valid token", "CheckSession", Expect()),
@@ -92,6 +93,8 @@ async def _scenarios(
         ("decrypt", "DecryptUserData", "DecryptUserData", Expect()),
         ("access_token", "GetAccessToken, from memory", "GetAccessToken", Expect()),
     ):
+        if not plan.runs(key):
+            continue
         done.append(
             await scenarios.grpc_fixed(
                 rig,
@@ -104,25 +107,33 @@ async def _scenarios(
                 bare=bare_grpc,
             )
         )
-    done.append(await scenarios.grpc_login(rig, emulator, budget, target=target, bare=bare_grpc))
-    done.append(
-        await scenarios.grpc_phone_number(
-            rig,
-            emulator,
-            scenarios.CodeBudget(),
-            token=fixtures.token,
-            target=target,
-            bare=bare_grpc,
+    if plan.runs("login"):
+        done.append(
+            await scenarios.grpc_login(rig, emulator, budget, target=target, bare=bare_grpc)
         )
-    )
+    if plan.runs("phone_number"):
+        done.append(
+            await scenarios.grpc_phone_number(
+                rig,
+                emulator,
+                scenarios.CodeBudget(),
+                token=fixtures.token,
+                target=target,
+                bare=bare_grpc,
+            )
+        )
     if stack.edge_url:
         bare = f"http://{bare_http}"
-        done.append(
-            await scenarios.edge_session(rig, token=fixtures.token, edge=stack.edge_url, bare=bare)
-        )
-        done.append(
-            await scenarios.edge_login(rig, emulator, budget, edge=stack.edge_url, bare=bare)
-        )
+        if plan.runs("edge_session"):
+            done.append(
+                await scenarios.edge_session(
+                    rig, token=fixtures.token, edge=stack.edge_url, bare=bare
+                )
+            )
+        if plan.runs("edge_login"):
+            done.append(
+                await scenarios.edge_login(rig, emulator, budget, edge=stack.edge_url, bare=bare)
+            )
     return done
 
 
@@ -292,6 +303,56 @@ async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
         return await scenarios.scaling(rig, setups[0], setups[1])
 
 
+# The scenarios on stacks of their own, each with its cost side by side against `_reference`.
+OWN_STACKS = ("check_caller", "check_metrics", "check_fixed_expiry")
+
+
+async def _own_stacks(
+    rig: Rig, exits: AsyncExitStack, results: dict[str, Any], bare_grpc: str
+) -> None:
+    """The scenarios of OWN_STACKS that this run includes, and the control."""
+    log, plan = rig.log, rig.plan
+    log("a plain stack of its own, the reference each setting's cost is measured against")
+    main, control = await _reference(rig, exits)
+    results["side_by_side"] = [control]
+    if plan.runs("check_caller"):
+        log("CheckSession with a caller key checked (a stack with callers)")
+        compared, costs = await _with_callers(rig, bare_grpc, main)
+        results["scenarios"].append(compared)
+        results["side_by_side"] += costs
+    if plan.runs("check_metrics"):
+        log("CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)")
+        compared, cost = await _check_on_own_stack(
+            rig,
+            bare_grpc,
+            main,
+            number=4,
+            key="check_metrics",
+            title="CheckSession, valid token, metrics on",
+            env={"WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"},
+            cost=("metrics_cost", "CheckSession, metrics on / metrics off"),
+            own_is_subject=True,
+        )
+        results["scenarios"].append(compared)
+        results["side_by_side"].append(cost)
+    if plan.runs("check_fixed_expiry"):
+        log("CheckSession with fixed expiry (a stack whose sessions are never renewed)")
+        compared, cost = await _check_on_own_stack(
+            rig,
+            bare_grpc,
+            main,
+            number=5,
+            key="check_fixed_expiry",
+            title="CheckSession, valid token, no sliding expiry",
+            # The absolute lifetime equal to the idle one: nothing is ever renewed.
+            env={"WXLOGIN_SESSION_TTL": "604800", "WXLOGIN_SESSION_MAX_TTL": "604800"},
+            cost=("renewal_cost", "CheckSession, sliding expiry / fixed expiry"),
+            own_is_subject=False,
+        )
+        results["scenarios"].append(compared)
+        results["side_by_side"].append(cost)
+
+
 async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Run every scenario of `plan`; the results, with targets and problems, for the report."""
     started = datetime.now(UTC)
@@ -299,6 +360,8 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
     cores = Cores.detect()
     loadgen.write_wrk_script(workdir)
     log(f"wxlogin bench ({plan.name}); work dir {workdir}")
+    if plan.only:
+        log(f"only: {', '.join(plan.only)}")
     if cores.pinned:
         os.sched_setaffinity(0, cores.load)  # the bench itself stays off the server core
     results: dict[str, Any] = {}
@@ -325,50 +388,19 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         bare_http = await _bare(rig, exits, "http", canned)
         rig.arrange(["service-1"])
 
-        log("memory: CheckSession with a valid token")
-        results["rss"] = await scenarios.rss_growth(
-            rig, target=stack.grpc_target, request=fixtures.grpc_requests["check_valid"]
-        )
+        if plan.runs("rss"):
+            log("memory: CheckSession with a valid token")
+            results["rss"] = await scenarios.rss_growth(
+                rig, target=stack.grpc_target, request=fixtures.grpc_requests["check_valid"]
+            )
         log("scenarios, each beside its baseline")
         results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)
-        log("a plain stack of its own, the reference each setting's cost is measured against")
-        main, control = await _reference(rig, exits)
-        log("CheckSession with a caller key checked (a stack with callers)")
-        compared, costs = await _with_callers(rig, bare_grpc, main)
-        results["scenarios"].append(compared)
-        results["side_by_side"] = [control, *costs]
-        log("CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)")
-        compared, cost = await _check_on_own_stack(
-            rig,
-            bare_grpc,
-            main,
-            number=4,
-            key="check_metrics",
-            title="CheckSession, valid token, metrics on",
-            env={"WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"},
-            cost=("metrics_cost", "CheckSession, metrics on / metrics off"),
-            own_is_subject=True,
-        )
-        results["scenarios"].append(compared)
-        results["side_by_side"].append(cost)
-        log("CheckSession with fixed expiry (a stack whose sessions are never renewed)")
-        compared, cost = await _check_on_own_stack(
-            rig,
-            bare_grpc,
-            main,
-            number=5,
-            key="check_fixed_expiry",
-            title="CheckSession, valid token, no sliding expiry",
-            # The absolute lifetime equal to the idle one: nothing is ever renewed.
-            env={"WXLOGIN_SESSION_TTL": "604800", "WXLOGIN_SESSION_MAX_TTL": "604800"},
-            cost=("renewal_cost", "CheckSession, sliding expiry / fixed expiry"),
-            own_is_subject=False,
-        )
-        results["scenarios"].append(compared)
-        results["side_by_side"].append(cost)
-        rig.arrange(["service-1"])
-        log("scaling: 1 and 2 service processes")
-        results["scaling"] = await _scaling(rig, stack)
+        if any(plan.runs(key) for key in OWN_STACKS):
+            await _own_stacks(rig, exits, results, bare_grpc)
+        if plan.runs("scaling"):
+            rig.arrange(["service-1"])
+            log("scaling: 1 and 2 service processes")
+            results["scaling"] = await _scaling(rig, stack)
     finished = datetime.now(UTC)
     results["meta"] = {
         "plan": asdict(plan),

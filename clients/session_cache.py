@@ -18,6 +18,9 @@ from datetime import UTC, datetime
 
 from clients._models import Session
 
+# Enough for every session a busy edge sees within a few seconds.
+MAX_ENTRIES = 10_000
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -29,7 +32,7 @@ class SessionCache:
     def __init__(
         self,
         max_age: float = 2.0,
-        max_entries: int = 10_000,
+        max_entries: int = MAX_ENTRIES,
         *,
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = _utc_now,
