@@ -17,7 +17,7 @@ from pathlib import Path
 from bench import report
 from bench.loadgen import ToolMissing
 from bench.plan import FULL, SMOKE
-from bench.run import OWN_STACKS, finish, new_workdir, run
+from bench.run import KEYS, finish, new_workdir, run
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -25,22 +25,6 @@ RESULTS = HERE / "results"
 
 def _log(line: str) -> None:
     print(line, flush=True)
-
-
-# What --only accepts: every scenario, the memory check ("rss") and the scaling runs.
-KEYS = (
-    "check_valid",
-    "check_unknown",
-    "decrypt",
-    "access_token",
-    "login",
-    "phone_number",
-    "edge_session",
-    "edge_login",
-    *OWN_STACKS,
-    "rss",
-    "scaling",
-)
 
 
 def _keys(text: str) -> tuple[str, ...]:

@@ -305,6 +305,22 @@ async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
 
 # The scenarios on stacks of their own, each with its cost side by side against `_reference`.
 OWN_STACKS = ("check_caller", "check_metrics", "check_fixed_expiry")
+# What --only accepts: every scenario, the edge side by side with bare aiohttp, the
+# memory check ("rss") and the scaling runs.
+KEYS = (
+    "check_valid",
+    "check_unknown",
+    "decrypt",
+    "access_token",
+    "login",
+    "phone_number",
+    "edge_session",
+    "edge_vs_bare",
+    "edge_login",
+    *OWN_STACKS,
+    "rss",
+    "scaling",
+)
 
 
 async def _own_stacks(
@@ -314,7 +330,7 @@ async def _own_stacks(
     log, plan = rig.log, rig.plan
     log("a plain stack of its own, the reference each setting's cost is measured against")
     main, control = await _reference(rig, exits)
-    results["side_by_side"] = [control]
+    results["side_by_side"].append(control)
     if plan.runs("check_caller"):
         log("CheckSession with a caller key checked (a stack with callers)")
         compared, costs = await _with_callers(rig, bare_grpc, main)
@@ -395,6 +411,14 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
             )
         log("scenarios, each beside its baseline")
         results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)
+        results["side_by_side"] = []
+        if stack.edge_url and plan.runs("edge_vs_bare"):
+            log("the edge and bare aiohttp side by side")
+            results["side_by_side"].append(
+                await scenarios.edge_side_by_side(
+                    rig, token=fixtures.token, edge=stack.edge_url, bare=f"http://{bare_http}"
+                )
+            )
         if any(plan.runs(key) for key in OWN_STACKS):
             await _own_stacks(rig, exits, results, bare_grpc)
         if plan.runs("scaling"):
