@@ -35,7 +35,6 @@ from clients.edge.login_limit import LoginLimit
 from clients.edge.metrics import UNMATCHED, EdgeMetrics
 from clients.edge.redact import has_token
 from clients.http_errors import error_response
-from clients.session_cache import MAX_ENTRIES as SESSION_CACHE_ENTRIES
 from clients.session_cache import SessionCache
 from runtime import log_context
 
@@ -279,8 +278,9 @@ def _session_body(checked: Session) -> bytes:
     ).encode()
 
 
-# As many as the edge's session cache holds: a body per cached session, no more.
-_cached_session_body = functools.lru_cache(maxsize=SESSION_CACHE_ENTRIES)(_session_body)
+# The sessions asked about most within the cache's few seconds; a small bound, as
+# each entry keeps its Session alive after the session cache let it go.
+_cached_session_body = functools.lru_cache(maxsize=1024)(_session_body)
 
 
 def _json_body(body: bytes) -> web.Response:
