@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -73,6 +72,7 @@ def init_app(
     app = web.Application(middlewares=[_envelope], client_max_size=max_body_bytes)
     app[OPENAPI] = resources.files(__package__).joinpath("openapi.json").read_bytes()
     app[REQUEST_IDS] = _RequestIds()
+    app[CACHED_BODIES] = _CachedBodies()
     if login_limit is not None:
         app[LOGIN_LIMIT] = login_limit
     if metrics is not None:
@@ -263,7 +263,7 @@ async def session(request: web.Request) -> web.Response:
     cached = None if client.session_cache is None else client.session_cache.get(token)
     if cached is not None:
         # The same Session object while it is cached, so its body is encoded once.
-        return _json_body(_cached_session_body(cached))
+        return _json_body(request.app[CACHED_BODIES](cached))
     checked = await _timed(
         request,
         "CheckSession",
@@ -278,9 +278,31 @@ def _session_body(checked: Session) -> bytes:
     ).encode()
 
 
-# The sessions asked about most within the cache's few seconds; a small bound, as
-# each entry keeps its Session alive after the session cache let it go.
-_cached_session_body = functools.lru_cache(maxsize=1024)(_session_body)
+class _CachedBodies:
+    """Encoded bodies of Sessions the edge's cache hands out: the same object while cached.
+
+    Keyed by identity (hashing a Session costs more than the dict lookup), the
+    object itself kept beside its body so that its id cannot be reused while it is
+    here. A small bound, oldest out first: each entry keeps its Session alive after
+    the session cache has let it go.
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._max_entries = max_entries
+        self._bodies: dict[int, tuple[Session, bytes]] = {}
+
+    def __call__(self, session: Session) -> bytes:
+        entry = self._bodies.get(id(session))
+        if entry is not None and entry[0] is session:
+            return entry[1]
+        body = _session_body(session)
+        if len(self._bodies) >= self._max_entries:
+            del self._bodies[next(iter(self._bodies))]
+        self._bodies[id(session)] = (session, body)
+        return body
+
+
+CACHED_BODIES = web.AppKey("cached_bodies", _CachedBodies)
 
 
 def _json_body(body: bytes) -> web.Response:
