@@ -17,7 +17,7 @@ from pathlib import Path
 from bench import report
 from bench.loadgen import ToolMissing
 from bench.plan import FULL, SMOKE
-from bench.run import KEYS, finish, new_workdir, run
+from bench.run import KEYS, finish, new_workdir, parse_only, run
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -25,14 +25,6 @@ RESULTS = HERE / "results"
 
 def _log(line: str) -> None:
     print(line, flush=True)
-
-
-def _keys(text: str) -> tuple[str, ...]:
-    keys = tuple(key.strip() for key in text.split(",") if key.strip())
-    unknown = [key for key in keys if key not in KEYS]
-    if unknown or not keys:
-        raise argparse.ArgumentTypeError(f"unknown scenario {', '.join(unknown) or text!r}")
-    return keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, bodies)")
     parser.add_argument(
         "--only",
-        type=_keys,
+        type=parse_only,
         default=(),
         metavar="KEY[,KEY]",
         help="just these scenarios (e.g. edge_session); results go to a temp dir. "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shutil
@@ -321,6 +322,15 @@ KEYS = (
     "rss",
     "scaling",
 )
+
+
+def parse_only(text: str) -> tuple[str, ...]:
+    """`--only`'s value: comma-separated KEYS."""
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    unknown = [key for key in keys if key not in KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"unknown scenario {', '.join(unknown) or text!r}")
+    return keys
 
 
 async def _own_stacks(
