@@ -1,4 +1,4 @@
-"""`python -m bench [--smoke] [--out DIR] [--profile]`: run the benchmarks, write the results."""
+"""`python -m bench [--smoke] [--out DIR] [--profile] [--only KEYS]`: run the benchmarks."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from bench import report
 from bench.loadgen import ToolMissing
 from bench.plan import FULL, SMOKE
-from bench.run import finish, new_workdir, run
+from bench.run import KEYS, finish, new_workdir, parse_only, run
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -37,10 +37,19 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true", help="also run each scenario once under py-spy"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, bodies)")
+    parser.add_argument(
+        "--only",
+        type=parse_only,
+        default=(),
+        metavar="KEY[,KEY]",
+        help="just these scenarios (e.g. edge_session); results go to a temp dir. "
+        f"Keys: {', '.join(KEYS)}",
+    )
     args = parser.parse_args(argv)
 
-    plan = replace(SMOKE if args.smoke else FULL, profile=args.profile)
-    out = args.out or (new_workdir() / "results" if args.smoke else RESULTS)
+    plan = replace(SMOKE if args.smoke else FULL, profile=args.profile, only=args.only)
+    # A partial run never replaces the committed results.
+    out = args.out or (new_workdir() / "results" if args.smoke or args.only else RESULTS)
     workdir = new_workdir()
     try:
         results = asyncio.run(run(plan, workdir, _log))
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: failed; logs kept in {workdir}", file=sys.stderr)
         raise
     paths = report.write(results, out)
-    if out.resolve() == RESULTS and not args.smoke:
+    if out.resolve() == RESULTS and not args.smoke and not args.only:
         # Both READMEs show the latest tables: bench/'s with the method, the top one
         # in its Performance section.
         for readme in (HERE / "README.md", HERE.parent / "README.md"):

@@ -31,6 +31,13 @@ class Plan:
     foreign_limit: float = 0.3
     retry_budget: float = 120.0  # seconds all repeated runs may take together (10 min cap)
     quiet_wait: float = 60.0  # seconds to wait at the start for the machine to be idle
+    # `--only`: these scenario keys and nothing else (no memory, costs or scaling runs
+    # unless named); empty: everything.
+    only: tuple[str, ...] = ()
+
+    def runs(self, key: str) -> bool:
+        """Whether this run includes the scenario (or measurement) `key`."""
+        return not self.only or key in self.only
 
     @property
     def concurrency(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shutil
@@ -81,8 +82,13 @@ async def _bare(rig: Rig, exits: AsyncExitStack, kind: str, canned: Path) -> str
 
 def _production_env() -> dict[str, str]:
     """The production set-up's settings on top of the dev stack's: metrics on (callers come
-    from `_stack(callers=True)`, durability is always on)."""
-    return {**os.environ, "WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"}
+    from `_stack(callers=True)`, durability is always on). The edge's session cache is
+    off, as issue 18 measures the edge: every GET /v1/session is a CheckSession."""
+    return {
+        **os.environ,
+        "WXLOGIN_METRICS_LISTEN": "127.0.0.1:0",
+        "WXLOGIN_EDGE_SESSION_CACHE": "0",
+    }
 
 
 def _caller_key(stack: DevStack) -> tuple[tuple[str, str], ...]:
@@ -96,6 +102,7 @@ async def _scenarios(
     emulator = Emulator(stack.emulator_url, rig.http)
     budget = scenarios.CodeBudget()
     target, requests = stack.grpc_target, fixtures.grpc_requests
+    plan = rig.plan
     caller = _caller_key(stack)
     done = []
     for key, title, method, expect in (
@@ -104,6 +111,8 @@ async def _scenarios(
         ("decrypt", "DecryptUserData", "DecryptUserData", Expect()),
         ("access_token", "GetAccessToken, from memory", "GetAccessToken", Expect()),
     ):
+        if not plan.runs(key):
+            continue
         done.append(
             await scenarios.grpc_fixed(
                 rig,
@@ -117,30 +126,36 @@ async def _scenarios(
                 metadata=caller,
             )
         )
-    done.append(
-        await scenarios.grpc_login(
-            rig, emulator, budget, target=target, bare=bare_grpc, metadata=caller
+    if plan.runs("login"):
+        done.append(
+            await scenarios.grpc_login(
+                rig, emulator, budget, target=target, bare=bare_grpc, metadata=caller
+            )
         )
-    )
-    done.append(
-        await scenarios.grpc_phone_number(
-            rig,
-            emulator,
-            scenarios.CodeBudget(),
-            token=fixtures.token,
-            target=target,
-            bare=bare_grpc,
-            metadata=caller,
+    if plan.runs("phone_number"):
+        done.append(
+            await scenarios.grpc_phone_number(
+                rig,
+                emulator,
+                scenarios.CodeBudget(),
+                token=fixtures.token,
+                target=target,
+                bare=bare_grpc,
+                metadata=caller,
+            )
         )
-    )
     if stack.edge_url:
         bare = f"http://{bare_http}"
-        done.append(
-            await scenarios.edge_session(rig, token=fixtures.token, edge=stack.edge_url, bare=bare)
-        )
-        done.append(
-            await scenarios.edge_login(rig, emulator, budget, edge=stack.edge_url, bare=bare)
-        )
+        if plan.runs("edge_session"):
+            done.append(
+                await scenarios.edge_session(
+                    rig, token=fixtures.token, edge=stack.edge_url, bare=bare
+                )
+            )
+        if plan.runs("edge_login"):
+            done.append(
+                await scenarios.edge_login(rig, emulator, budget, edge=stack.edge_url, bare=bare)
+            )
     return done
 
 
@@ -312,6 +327,81 @@ async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
         return await scenarios.scaling(rig, setups[0], setups[1])
 
 
+# The scenarios on stacks of their own, each with its cost side by side against `_reference`.
+OWN_STACKS = ("check_caller", "check_metrics", "check_fixed_expiry")
+# What --only accepts: every scenario, the edge side by side with bare aiohttp, the
+# memory check ("rss") and the scaling runs.
+KEYS = (
+    "check_valid",
+    "check_unknown",
+    "decrypt",
+    "access_token",
+    "login",
+    "phone_number",
+    "edge_session",
+    "edge_vs_bare",
+    "edge_login",
+    *OWN_STACKS,
+    "rss",
+    "scaling",
+)
+
+
+def parse_only(text: str) -> tuple[str, ...]:
+    """`--only`'s value: comma-separated KEYS."""
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    unknown = [key for key in keys if key not in KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"unknown scenario {', '.join(unknown) or text!r}")
+    return keys
+
+
+async def _own_stacks(
+    rig: Rig, exits: AsyncExitStack, results: dict[str, Any], bare_grpc: str
+) -> None:
+    """The scenarios of OWN_STACKS that this run includes, and the control."""
+    log, plan = rig.log, rig.plan
+    log("a plain stack of its own, the reference each setting's cost is measured against")
+    main, control = await _reference(rig, exits)
+    results["side_by_side"].append(control)
+    if plan.runs("check_caller"):
+        log("CheckSession with a caller key checked (a stack with callers)")
+        compared, costs = await _with_callers(rig, bare_grpc, main)
+        results["scenarios"].append(compared)
+        results["side_by_side"] += costs
+    if plan.runs("check_metrics"):
+        log("CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)")
+        compared, cost = await _check_on_own_stack(
+            rig,
+            bare_grpc,
+            main,
+            number=4,
+            key="check_metrics",
+            title="CheckSession, valid token, metrics on",
+            env={"WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"},
+            cost=("metrics_cost", "CheckSession, metrics on / metrics off"),
+            own_is_subject=True,
+        )
+        results["scenarios"].append(compared)
+        results["side_by_side"].append(cost)
+    if plan.runs("check_fixed_expiry"):
+        log("CheckSession with fixed expiry (a stack whose sessions are never renewed)")
+        compared, cost = await _check_on_own_stack(
+            rig,
+            bare_grpc,
+            main,
+            number=5,
+            key="check_fixed_expiry",
+            title="CheckSession, valid token, no sliding expiry",
+            # The absolute lifetime equal to the idle one: nothing is ever renewed.
+            env={"WXLOGIN_SESSION_TTL": "604800", "WXLOGIN_SESSION_MAX_TTL": "604800"},
+            cost=("renewal_cost", "CheckSession, sliding expiry / fixed expiry"),
+            own_is_subject=False,
+        )
+        results["scenarios"].append(compared)
+        results["side_by_side"].append(cost)
+
+
 async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Run every scenario of `plan`; the results, with targets and problems, for the report."""
     started = datetime.now(UTC)
@@ -319,6 +409,8 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
     cores = Cores.detect()
     loadgen.write_wrk_script(workdir)
     log(f"wxlogin bench ({plan.name}); work dir {workdir}")
+    if plan.only:
+        log(f"only: {', '.join(plan.only)}")
     if cores.pinned:
         os.sched_setaffinity(0, cores.load)  # the bench itself stays off the server core
     results: dict[str, Any] = {}
@@ -353,53 +445,30 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         bare_http = await _bare(rig, exits, "http", canned)
         rig.arrange(["service-1"])
 
-        log("memory: CheckSession with a valid token")
-        results["rss"] = await scenarios.rss_growth(
-            rig,
-            target=stack.grpc_target,
-            request=fixtures.grpc_requests["check_valid"],
-            metadata=_caller_key(stack),
-        )
+        if plan.runs("rss"):
+            log("memory: CheckSession with a valid token")
+            results["rss"] = await scenarios.rss_growth(
+                rig,
+                target=stack.grpc_target,
+                request=fixtures.grpc_requests["check_valid"],
+                metadata=_caller_key(stack),
+            )
         log("scenarios, each beside its baseline")
         results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)
-        log("a plain stack of its own, the reference each setting's cost is measured against")
-        main, control = await _reference(rig, exits)
-        log("CheckSession with a caller key checked (a stack with callers)")
-        compared, costs = await _with_callers(rig, bare_grpc, main)
-        results["scenarios"].append(compared)
-        results["side_by_side"] = [control, *costs]
-        log("CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)")
-        compared, cost = await _check_on_own_stack(
-            rig,
-            bare_grpc,
-            main,
-            number=4,
-            key="check_metrics",
-            title="CheckSession, valid token, metrics on",
-            env={"WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"},
-            cost=("metrics_cost", "CheckSession, metrics on / metrics off"),
-            own_is_subject=True,
-        )
-        results["scenarios"].append(compared)
-        results["side_by_side"].append(cost)
-        log("CheckSession with fixed expiry (a stack whose sessions are never renewed)")
-        compared, cost = await _check_on_own_stack(
-            rig,
-            bare_grpc,
-            main,
-            number=5,
-            key="check_fixed_expiry",
-            title="CheckSession, valid token, no sliding expiry",
-            # The absolute lifetime equal to the idle one: nothing is ever renewed.
-            env={"WXLOGIN_SESSION_TTL": "604800", "WXLOGIN_SESSION_MAX_TTL": "604800"},
-            cost=("renewal_cost", "CheckSession, sliding expiry / fixed expiry"),
-            own_is_subject=False,
-        )
-        results["scenarios"].append(compared)
-        results["side_by_side"].append(cost)
-        rig.arrange(["service-1"])
-        log("scaling: 1 and 2 service processes")
-        results["scaling"] = await _scaling(rig, stack)
+        results["side_by_side"] = []
+        if stack.edge_url and plan.runs("edge_vs_bare"):
+            log("the edge and bare aiohttp side by side")
+            results["side_by_side"].append(
+                await scenarios.edge_side_by_side(
+                    rig, token=fixtures.token, edge=stack.edge_url, bare=f"http://{bare_http}"
+                )
+            )
+        if any(plan.runs(key) for key in OWN_STACKS):
+            await _own_stacks(rig, exits, results, bare_grpc)
+        if plan.runs("scaling"):
+            rig.arrange(["service-1"])
+            log("scaling: 1 and 2 service processes")
+            results["scaling"] = await _scaling(rig, stack)
     finished = datetime.now(UTC)
     results["meta"] = {
         "plan": asdict(plan),

@@ -429,7 +429,7 @@ async def edge_session(rig: Rig, *, token: str, edge: str, bare: str) -> dict[st
 
     return await rig.compare(
         key="edge_session",
-        title="edge GET /v1/session",
+        title="edge GET /v1/session, edge cache off",
         driven_by=f"wrk -c{plan.connections}, HTTP/1.1 keep-alive",
         subject=subject,
         subject_processes=["edge", "service-1"],
@@ -438,6 +438,35 @@ async def edge_session(rig: Rig, *, token: str, edge: str, bare: str) -> dict[st
         check=check,
         baseline_check=baseline_check,
     )
+
+
+async def edge_side_by_side(rig: Rig, *, token: str, edge: str, bare: str) -> dict[str, Any]:
+    """The edge and the bare aiohttp app under wrk at once, on the server core (Rig.side_by_side).
+
+    Requests per CPU-second of each: what one edge request costs against a bare
+    one, with the machine's speed changes hitting both alike (a cross-check of
+    edge_session's alternating ratio on a shared machine). The service answers
+    on the other core, as in edge_session.
+    """
+    bearer = f"Authorization: Bearer {token}"
+    result = await rig.side_by_side(
+        key="edge_vs_bare",
+        title="edge GET /v1/session / bare aiohttp",
+        subject=wrk_warm_then_measure(rig, edge + "/v1/session", headers=[bearer]),
+        subject_process="edge",
+        reference=wrk_warm_then_measure(rig, bare + "/v1/session", headers=[bearer]),
+        reference_process="bare-http",
+    )
+    checked = await http_sample(
+        rig.http,
+        "GET",
+        edge + "/v1/session",
+        headers={"Authorization": f"Bearer {token}"},
+        samples=rig.plan.samples // 4,
+    )
+    if checked.errors or not checked.sampled:
+        rig.problems.append(f"edge_vs_bare edge: {checked.first_error or 'no samples'}")
+    return result
 
 
 async def edge_login(

@@ -60,9 +60,18 @@ class SessionCache:
     def put(self, token: str, session: Session) -> None:
         """Remember what wxlogin just said about a token."""
         key = self._key(token)
-        self._entries[key] = (self._monotonic(), session)
+        now = self._monotonic()
+        self._entries[key] = (now, session)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        # A stale entry is never served again, but stayed until the size bound pushed
+        # it out (memory grew in a soak). The least recently used end is the oldest:
+        # drop at most two per put, O(1), still faster than puts add entries.
+        for _ in range(2):
+            stored_at, _ = next(iter(self._entries.values()))
+            if now - stored_at <= self.max_age:
+                break
             self._entries.popitem(last=False)
 
     def drop(self, token: str) -> None:

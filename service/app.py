@@ -204,7 +204,13 @@ async def running_service(
         )
         # With callers, every AuthService RPC is admitted by the guard; health stays open.
         servicer = AuthServicer(
-            sessions, user_data, limits, metrics, wechat_bound=token_rpcs, guard=guard
+            sessions,
+            user_data,
+            limits,
+            metrics,
+            wechat_bound=token_rpcs,
+            guard=guard,
+            session_cache_seconds=settings.session_cache_seconds,
         )
         add_auth_service(servicer, server)
         metrics_port = None

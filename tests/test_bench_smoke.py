@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bench.targets import TARGETS
+from bench.plan import SMOKE
+from bench.run import parse_only
+from bench.targets import TARGETS, evaluate
 
 SCENARIOS = {
     "check_valid",
@@ -63,6 +67,7 @@ def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
     costs = {cost["key"]: cost for cost in results["side_by_side"]}
     assert set(costs) == {
         "control",
+        "edge_vs_bare",
         "caller_cost",
         "caller_vs_bare",
         "metrics_cost",
@@ -78,3 +83,18 @@ def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
     assert len(results["targets"]) == len(TARGETS)
     assert (tmp_path / "latest.md").read_text().count("|") > 50
     assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_only_runs_and_judges_just_the_named_scenarios() -> None:
+    """`--only` accepts known keys, refuses others, and judges only the targets that ran."""
+    assert parse_only("edge_session, edge_vs_bare") == ("edge_session", "edge_vs_bare")
+    with pytest.raises(argparse.ArgumentTypeError, match="edge_sesion"):
+        parse_only("edge_session,edge_sesion")
+    plan = replace(SMOKE, only=("edge_session",))
+    assert plan.runs("edge_session")
+    assert not plan.runs("login")
+    assert replace(SMOKE).runs("login")  # no --only: everything
+    results = {"scenarios": [{"key": "edge_session", "ratio": 0.5}]}
+    judged = evaluate(results, plan)
+    assert [target["key"] for target in judged] == ["edge_session_ratio"]
+    assert len(evaluate(results, SMOKE)) == len(TARGETS)  # a full run: missing ones MISS

@@ -11,7 +11,15 @@ from typing import Any
 
 SCENARIOS = {"wechat_chaos", "mongod_kill", "primary_kill", "malformed", "soak"}
 FIGURES = {
-    "wechat_chaos": {"calls", "succeeded_share", "p50_ms", "p99_ms", "failures", "wechat_faults"},
+    "wechat_chaos": {
+        "calls",
+        "succeeded_share",
+        "p50_ms",
+        "p99_ms",
+        "failures",
+        "wechat_faults",
+        "users",
+    },
     "mongod_kill": {"tokens_issued", "tokens_lost", "recovery_s", "outage_failures"},
     "primary_kill": {"tokens_issued", "tokens_lost", "election_s", "longest_gap_s"},
     "malformed": {"http", "grpc", "logs", "healthy_after"},
@@ -55,6 +63,12 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert 0 < wechat["succeeded_share"] <= 1
     assert 0 < wechat["p50_ms"] <= wechat["p99_ms"]
     assert sum(wechat["wechat_faults"].values()) > 0  # the emulator did inject faults
+    users = wechat["users"]  # the mini-program sample under Node, through the edge
+    assert users["users"] > 0
+    assert 0 <= users["logged_in_in_time"] <= users["logged_in_at_all"] <= users["users"]
+    assert sum(users["wx_login_per_user"].values()) == users["users"] - users["failures"].get(
+        "UNFINISHED", 0
+    )
 
     for key in ("mongod_kill", "primary_kill"):
         outage = by_key[key]["figures"]

@@ -64,7 +64,7 @@ def test_check_answers_are_reused_only_for_the_very_same_record() -> None:
     A renewed (or re-read) session is a new record: it gets a new answer with its
     own expiry, never the old one. The memo is bounded.
     """
-    answers = CheckAnswers(max_entries=2)
+    answers = CheckAnswers(60.0, max_entries=2)
     first = _record(datetime(2030, 1, 1, tzinfo=UTC))
     answer = answers.of(first)
     assert answer.user.user_id == "u1"
@@ -80,3 +80,23 @@ def test_check_answers_are_reused_only_for_the_very_same_record() -> None:
     for index in range(5):
         answers.of(replace(first, session_id=f"s{index}"))
     assert len(answers) == 2
+
+
+def test_check_answers_of_stale_records_leave_as_new_ones_arrive() -> None:
+    """An answer whose record the cache can no longer hand out (older than max_age) is dropped.
+
+    Only the size bound held them before: every record ever checked stayed (a soak's
+    memory grew by ~20 %).
+    """
+    clock = [0.0]
+    answers = CheckAnswers(5.0, max_entries=50_000, monotonic=lambda: clock[0])
+    first = _record(datetime(2030, 1, 1, tzinfo=UTC))
+    for index in range(100):
+        answers.of(replace(first, session_id=f"old{index}"))
+    assert len(answers) == 100
+    clock[0] = 6.0
+    for index in range(60):
+        answers.of(replace(first, session_id=f"new{index}"))
+    assert len(answers) == 60  # two stale ones leave per new answer: all 100 are gone
+    fresh = replace(first, session_id="fresh")
+    assert answers.of(fresh) is answers.of(fresh)  # a fresh one is still shared

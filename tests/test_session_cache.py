@@ -48,6 +48,20 @@ def test_cache_entries_go_stale_are_dropped_and_bounded() -> None:
     assert "t19" not in str(cache._entries)  # keys are digests, not tokens
 
 
+def test_stale_entries_leave_as_new_ones_arrive() -> None:
+    """Entries older than max_age go as new ones are put, not only when looked up again."""
+    clock = [0.0]
+    far = datetime(2100, 1, 1, tzinfo=UTC)
+    cache = SessionCache(max_age=2, max_entries=10_000, monotonic=lambda: clock[0])
+    for index in range(100):
+        cache.put(f"old{index}", Session(USER, far))
+    clock[0] = 3.0
+    for index in range(60):
+        cache.put(f"new{index}", Session(USER, far))
+    assert len(cache) == 60  # two stale ones per put: all 100 are gone
+    assert cache.get("new0") is not None
+
+
 async def _login(stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, user: str) -> str:
     reply = await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=await emu.code(APP_A, user)))
     return reply.token

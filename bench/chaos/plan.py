@@ -13,6 +13,9 @@ class ChaosPlan:
     # (a) WeChat failing at random
     wechat_clients: int
     wechat_seconds: float
+    # (a) then: mini-program users through the edge (the sample's code under Node)
+    users_lanes: int
+    users_seconds: float
     # (b), (c): logins before the kill, and after recovery
     outage_clients: int
     warmup_seconds: float
@@ -41,6 +44,8 @@ FULL = ChaosPlan(
     "full",
     wechat_clients=16,
     wechat_seconds=30.0,
+    users_lanes=16,
+    users_seconds=60.0,
     outage_clients=8,
     warmup_seconds=5.0,
     mongod_down_seconds=3.0,
@@ -56,6 +61,8 @@ SMOKE = ChaosPlan(
     "smoke",
     wechat_clients=4,
     wechat_seconds=2.0,
+    users_lanes=4,
+    users_seconds=2.0,
     outage_clients=4,
     warmup_seconds=1.0,
     mongod_down_seconds=0.5,

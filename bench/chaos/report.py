@@ -35,7 +35,21 @@ def _wechat(f: Mapping[str, Any]) -> str:
         f"{f['calls']:,} logins by {f['clients']} clients in {f['seconds']:g} s, "
         f"{f['wechat_requests_per_login']:.2f} WeChat requests per login; faults injected "
         f"{_counts(faults)}; latency p50 {f['p50_ms']:,.0f} ms, p99 {f['p99_ms']:,.0f} ms; "
-        f"failures: {_counts(f['failures'])}"
+        f"failures: {_counts(f['failures'])}" + _users(f.get("users"))
+    )
+
+
+def _users(u: Mapping[str, Any] | None) -> str:
+    if not u:
+        return ""
+    return (
+        f". Then {u['users']:,} mini-program users ({u['lanes']} at a time, {u['seconds']:g} s, "
+        f"wxlogin.js under Node through the edge): {u['logged_in_in_time']:,} logged in within "
+        f"{u['deadline_ms'] / 1000:g} s, {u['logged_in_at_all']:,} at all; wx.login() codes "
+        f"per user {_counts(u['wx_login_per_user'])}; faults injected "
+        f"{_counts(u['wechat_faults'])}; time to logged in p50 {u['p50_ms']:,.0f} ms, "
+        f"p99 {u['p99_ms']:,.0f} ms, max {u['max_ms']:,.0f} ms; not in time: "
+        f"{_counts(u['failures'])}"
     )
 
 

@@ -26,7 +26,7 @@ from clients._errors import (
     SessionInvalid,
     WxLoginError,
 )
-from clients._models import User
+from clients._models import Session, User
 from clients._upstream import UpstreamConfig
 from clients.client import Deadlines, RetryPolicy, WxLoginClient, is_request_id, open_channel
 from clients.edge.http_errors import MethodNotAllowed, NotFound, PayloadTooLarge
@@ -72,6 +72,7 @@ def init_app(
     app = web.Application(middlewares=[_envelope], client_max_size=max_body_bytes)
     app[OPENAPI] = resources.files(__package__).joinpath("openapi.json").read_bytes()
     app[REQUEST_IDS] = _RequestIds()
+    app[CACHED_BODIES] = _CachedBodies()
     if login_limit is not None:
         app[LOGIN_LIMIT] = login_limit
     if metrics is not None:
@@ -140,8 +141,9 @@ REQUEST_IDS = web.AppKey("request_ids", _RequestIds)
 async def _envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in and out, every failure as the JSON error body, a neutral Server header.
 
-    One middleware, not two: each layer costs a coroutine per request on the
-    edge's hottest route (bench/README.md).
+    One middleware, not two, and the error mapping inline rather than a coroutine
+    of its own: each layer costs a coroutine per request on the edge's hottest
+    route (bench/README.md).
     """
     request_id = request.headers.get(REQUEST_ID_HEADER)
     # One of another shape (spaces, non-ASCII, too long) is replaced, not refused:
@@ -154,11 +156,14 @@ async def _envelope(request: web.Request, handler: Handler) -> web.StreamRespons
     # Every line logged while this request is handled names it (runtime/log_context.py).
     call = log_context.begin(request_id)
     try:
-        response = await _answer_or_error(request, handler)
+        response = await handler(request)
+    except Exception as error:  # nothing internal reaches the caller
+        response = _error_answer(request, error)
     finally:
         log_context.end(call)
-    response.headers[REQUEST_ID_HEADER] = request_id
-    response.headers["Server"] = SERVER_HEADER
+    headers = response.headers
+    headers[REQUEST_ID_HEADER] = request_id
+    headers[_SERVER] = SERVER_HEADER
     metrics = request.app.get(METRICS)
     if metrics is not None:
         # The route's pattern, never the path sent: label values stay bounded.
@@ -168,14 +173,17 @@ async def _envelope(request: web.Request, handler: Handler) -> web.StreamRespons
     return response
 
 
+_SERVER = "Server"
 T = TypeVar("T")
 
 
-async def _timed(request: web.Request, rpc: str, call: Awaitable[T]) -> T:
-    """Await a call to wxlogin, timed for the metrics when they are on."""
+def _timed(request: web.Request, rpc: str, call: Awaitable[T]) -> Awaitable[T]:
+    """A call to wxlogin, timed for the metrics when they are on (else the call itself)."""
     metrics = request.app.get(METRICS)
-    if metrics is None:
-        return await call
+    return call if metrics is None else _timing(metrics, rpc, call)
+
+
+async def _timing(metrics: EdgeMetrics, rpc: str, call: Awaitable[T]) -> T:
     started = time.perf_counter()
     try:
         return await call
@@ -183,30 +191,27 @@ async def _timed(request: web.Request, rpc: str, call: Awaitable[T]) -> T:
         metrics.upstream(rpc, time.perf_counter() - started)
 
 
-async def _answer_or_error(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Nothing internal reaches the caller."""
-    try:
-        return await handler(request)
-    except WxLoginError as error:
+def _error_answer(request: web.Request, error: Exception) -> web.StreamResponse:
+    """The JSON error body for whatever a handler raised; nothing internal reaches the caller."""
+    if isinstance(error, WxLoginError):
         return error_response(error)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(error, web.HTTPRequestEntityTooLarge):
         limit = request.client_max_size
         return error_response(PayloadTooLarge(f"body is larger than {limit} bytes"))
-    except web.HTTPNotFound:
+    if isinstance(error, web.HTTPNotFound):
         return error_response(NotFound("no such route"))
-    except web.HTTPMethodNotAllowed as error:
+    if isinstance(error, web.HTTPMethodNotAllowed):
         allow = ", ".join(sorted(error.allowed_methods))
         return error_response(
             MethodNotAllowed(f"{request.method} is not allowed here"), headers={"Allow": allow}
         )
-    except web.HTTPException as error:
+    if isinstance(error, web.HTTPException):
         if error.status < 400:
-            raise  # a redirect is an answer, not a failure
+            raise error  # a redirect is an answer, not a failure
         return error_response(BadRequest(error.reason))
-    except Exception:
-        # The traceback stays in our log, with the request id to find it by.
-        log.exception("unhandled error request_id=%s", request.get(REQUEST_ID, "-"))
-        return error_response(InternalError("internal error"))
+    # The traceback stays in our log, with the request id to find it by.
+    log.error("unhandled error request_id=%s", request.get(REQUEST_ID, "-"), exc_info=error)
+    return error_response(InternalError("internal error"))
 
 
 # -- routes ----------------------------------------------------------------------------------
@@ -255,16 +260,59 @@ async def session(request: web.Request) -> web.Response:
     client = request.app[UPSTREAM]
     # The edge's own cache first, here rather than only inside check_session, so
     # that the upstream timing counts calls to wxlogin and not answers from memory.
-    checked = None if client.session_cache is None else client.session_cache.get(token)
-    if checked is None:
-        checked = await _timed(
-            request,
-            "CheckSession",
-            client.check_session(token, request_id=request[REQUEST_ID]),
-        )
-    return web.json_response(
-        {"user": _user(checked.user), "expires_at": _timestamp(checked.expires_at)}
+    cached = None if client.session_cache is None else client.session_cache.get(token)
+    if cached is not None:
+        # The same Session object while it is cached, so its body is encoded once.
+        return _json_body(request.app[CACHED_BODIES](cached))
+    checked = await _timed(
+        request,
+        "CheckSession",
+        client.check_session(token, request_id=request[REQUEST_ID]),
     )
+    return _json_body(_session_body(checked))
+
+
+def _session_body(checked: Session) -> bytes:
+    return _dumps(
+        {"user": _user(checked.user), "expires_at": _timestamp(checked.expires_at)}
+    ).encode()
+
+
+class _CachedBodies:
+    """Encoded bodies of Sessions the edge's cache hands out: the same object while cached.
+
+    Keyed by identity (hashing a Session costs more than the dict lookup), the
+    object itself kept beside its body so that its id cannot be reused while it is
+    here. A small bound, oldest out first: each entry keeps its Session alive after
+    the session cache has let it go.
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._max_entries = max_entries
+        self._bodies: dict[int, tuple[Session, bytes]] = {}
+
+    def __call__(self, session: Session) -> bytes:
+        entry = self._bodies.get(id(session))
+        if entry is not None and entry[0] is session:
+            return entry[1]
+        body = _session_body(session)
+        if len(self._bodies) >= self._max_entries:
+            del self._bodies[next(iter(self._bodies))]
+        self._bodies[id(session)] = (session, body)
+        return body
+
+
+CACHED_BODIES = web.AppKey("cached_bodies", _CachedBodies)
+
+
+def _json_body(body: bytes) -> web.Response:
+    """What web.json_response answers (same Content-Type), for a body already encoded."""
+    return web.Response(body=body, content_type=_JSON, charset=_UTF8)
+
+
+_JSON = "application/json"
+_UTF8 = "utf-8"
+_dumps = json.JSONEncoder().encode  # json.dumps's own default encoder, without the call
 
 
 async def decrypt_user_data(request: web.Request) -> web.Response:

@@ -21,8 +21,12 @@ def loggable(text: str, limit: int = _MAX_CHARS) -> str:
     """`text` with token-shaped runs replaced, unprintable characters escaped, cut at `limit`."""
     text = _LONG_RUN.sub("<redacted>", _PREFIXED.sub("<redacted>", text))
     # A decoded %0A must not start a forged log line; non-ASCII is escaped alike.
-    safe = "".join(
-        c if c.isascii() and c.isprintable() else c.encode("unicode_escape").decode("ascii")
-        for c in text
+    safe = (
+        text  # the usual case, checked at C speed
+        if text.isascii() and text.isprintable()
+        else "".join(
+            c if c.isascii() and c.isprintable() else c.encode("unicode_escape").decode("ascii")
+            for c in text
+        )
     )
     return safe if len(safe) <= limit else safe[:limit] + "..."

@@ -31,24 +31,46 @@ class AccessLogger(AbstractAccessLogger):
     path are redacted. The request id is safe: the app replaces token-like ones.
     """
 
+    @property
+    def enabled(self) -> bool:
+        # aiohttp asks once per connection: below INFO, no call per request at all.
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         request_id = response.headers.get("X-Request-Id", "-")
-        self.logger.info(
-            '%s "%s %s" %d %d %.1fms request_id=%s',
-            request.remote or "-",
-            # Method and path are the caller's text: a token may hide in either,
-            # even in the path (`%3F`, a path segment); raw_path keeps a %0A
-            # encoded, so it cannot forge a line.
-            loggable(request.method, 20),
-            loggable(request.rel_url.raw_path),
-            response.status,
-            response.body_length,
-            time * 1000,
-            request_id,
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):  # the level changed since
+            return
+        # makeRecord and handle, as Logger.info does, without its stack walk to find
+        # the caller (logging.findCaller): no format of ours prints where a line came
+        # from, and this runs on every request.
+        record = logger.makeRecord(
+            logger.name,
+            logging.INFO,
+            __file__,
+            0,
+            _ACCESS_LINE,
+            (
+                request.remote or "-",
+                # Method and path are the caller's text: a token may hide in either,
+                # even in the path (`%3F`, a path segment); raw_path keeps a %0A
+                # encoded, so it cannot forge a line.
+                loggable(request.method, 20),
+                loggable(request.rel_url.raw_path),
+                response.status,
+                response.body_length,
+                time * 1000,
+                request_id,
+            ),
+            None,
             # A field of its own in the JSON form; this line is written after the
             # request's log context has ended.
             extra={"request_id": request_id},
         )
+        logger.handle(record)
+
+
+_ACCESS_LINE = '%s "%s %s" %d %d %.1fms request_id=%s'
 
 
 class _QuietServerLog(logging.Filter):

@@ -24,6 +24,13 @@ const DEFAULT_STORAGE_KEY = 'wxlogin_token';
 // Every other failure (including 503) is the caller's to handle: logging in
 // again would not help and would spend a code.
 const RELOGIN_REASONS = new Set(['SESSION_EXPIRED', 'SESSION_INVALID']);
+// On this one /v1/login failed for want of WeChat: it was unreachable, or it spent
+// the code and its answer was lost on the way to wxlogin. A code is single use, so
+// only a fresh wx.login() can succeed: login() gets one and tries again, a few
+// times at most (`loginRetries`), pausing in between so as not to add to WeChat's load.
+const FRESH_CODE_REASONS = new Set(['WECHAT_UNAVAILABLE']);
+const DEFAULT_LOGIN_RETRIES = 2;
+const DEFAULT_RETRY_PAUSE_MS = 200;
 
 /** A failed call: `statusCode` is HTTP, `reason` is what to branch on (see the edge's errors). */
 class WxLoginError extends Error {
@@ -37,7 +44,14 @@ class WxLoginError extends Error {
   }
 }
 
-function createWxLogin({ baseUrl, appId = '', wx, storageKey = DEFAULT_STORAGE_KEY }) {
+function createWxLogin({
+  baseUrl,
+  appId = '',
+  wx,
+  storageKey = DEFAULT_STORAGE_KEY,
+  loginRetries = DEFAULT_LOGIN_RETRIES,
+  retryPauseMs = DEFAULT_RETRY_PAUSE_MS,
+}) {
   if (!baseUrl || !wx) throw new TypeError('createWxLogin needs baseUrl and wx');
   const root = baseUrl.replace(/\/+$/, '');
   // The one login in progress: every caller that needs a token meanwhile waits
@@ -80,25 +94,36 @@ function createWxLogin({ baseUrl, appId = '', wx, storageKey = DEFAULT_STORAGE_K
   function login() {
     if (!loginInFlight) {
       loginInFlight = (async () => {
-        const code = await wxLogin();
-        const body = appId ? { code, app_id: appId } : { code };
-        let res;
-        try {
-          res = await send({ path: '/v1/login', method: 'POST', data: body });
-        } catch (lost) {
-          // No answer came (network): send the SAME code once more. wxlogin keeps
-          // a code's answer for its 5 minutes, so this gets the session the first
-          // request may have opened, instead of spending another wx.login().
-          res = await send({ path: '/v1/login', method: 'POST', data: body });
+        for (let attempt = 0; ; attempt += 1) {
+          const res = await loginWithCode(await wxLogin());
+          if (res.statusCode === 200) {
+            wx.setStorageSync(storageKey, res.data.token);
+            return res.data;
+          }
+          if (!FRESH_CODE_REASONS.has(reasonOf(res)) || attempt >= loginRetries) {
+            throw new WxLoginError(res.statusCode, res.data);
+          }
+          // Full jitter: users whose logins failed together do not retry together.
+          await pause(Math.random() * retryPauseMs * 2 ** attempt);
         }
-        if (res.statusCode !== 200) throw new WxLoginError(res.statusCode, res.data);
-        wx.setStorageSync(storageKey, res.data.token);
-        return res.data;
       })().finally(() => {
         loginInFlight = null;
       });
     }
     return loginInFlight;
+  }
+
+  /** One /v1/login with one code; wx.request's result, whatever the status. */
+  async function loginWithCode(code) {
+    const body = appId ? { code, app_id: appId } : { code };
+    try {
+      return await send({ path: '/v1/login', method: 'POST', data: body });
+    } catch (lost) {
+      // No answer came (network): send the SAME code once more. wxlogin keeps
+      // a code's answer for its 5 minutes, so this gets the session the first
+      // request may have opened, instead of spending another wx.login().
+      return send({ path: '/v1/login', method: 'POST', data: body });
+    }
   }
 
   async function token() {
@@ -204,8 +229,12 @@ function createWxLogin({ baseUrl, appId = '', wx, storageKey = DEFAULT_STORAGE_K
   };
 }
 
+function pause(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 function reasonOf(res) {
   return (res.data && res.data.error && res.data.error.reason) || '';
 }
 
-module.exports = { createWxLogin, WxLoginError, RELOGIN_REASONS };
+module.exports = { createWxLogin, WxLoginError, RELOGIN_REASONS, FRESH_CODE_REASONS };

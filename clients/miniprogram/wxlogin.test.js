@@ -241,3 +241,34 @@ test('a login whose answer was lost is retried with the same code and gets that 
   const res = await auth.request({ path: '/v1/session' });
   assert.equal(res.data.user.user_id, result.user.user_id);
 });
+
+test('WECHAT_UNAVAILABLE: login gets a fresh wx.login() code and tries again', async () => {
+  // WeChat spends the code, then the answer is lost: wxlogin's own retry of that
+  // code can only hear "used", so it answers WECHAT_UNAVAILABLE.
+  const queued = await postJson(`${EMULATOR}/_dev/faults`, { drop: true, use_code: true, times: 1 });
+  assert.equal(queued.status, 200);
+  const wx = fakeWx();
+  const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx, retryPauseMs: 1 });
+  const result = await auth.login();
+  assert.equal(wx.calls.login, 2); // the spent code, then a fresh one
+  assert.equal(logins(wx), 2);
+  assert.equal(wx.getStorageSync('wxlogin_token'), result.token);
+});
+
+test('WECHAT_UNAVAILABLE again and again: loginRetries fresh codes at most, then thrown', async () => {
+  // WeChat busy (-1) for longer than wxlogin retries, for every login of this test.
+  const queued = await postJson(`${EMULATOR}/_dev/faults`, { errcode: -1, times: 50 });
+  assert.equal(queued.status, 200);
+  try {
+    const wx = fakeWx();
+    const auth = createWxLogin({ baseUrl: EDGE, appId: APP_ID, wx, loginRetries: 1, retryPauseMs: 1 });
+    await assert.rejects(
+      auth.login(),
+      (error) => error instanceof WxLoginError && error.statusCode === 503 && error.reason === 'WECHAT_UNAVAILABLE',
+    );
+    assert.equal(wx.calls.login, 2); // the first code and one fresh one, no more
+    assert.equal(wx.getStorageSync('wxlogin_token'), '');
+  } finally {
+    await fetch(`${EMULATOR}/_dev/faults`, { method: 'DELETE' });
+  }
+});
