@@ -88,6 +88,8 @@ class Program:
     metrics: ListenAddress | None = None
     # Bounds the parent's wait for a worker to stop after SIGTERM.
     stop_seconds: float = 60.0
+    # Whether the program reloads on SIGHUP (the service: callers, certificates).
+    reloads: bool = False
 
 
 def check_workers(program: Program, workers: int) -> None:
@@ -124,12 +126,13 @@ class _Supervisor:
         self._env = dict(env)
         self._workers = workers
         self._slots: list[_Slot] = []
+        self._readers: set[asyncio.Task[None]] = set()
         self._clean = True
 
     async def run(self) -> int:
         stop = stop_on_signals()
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
         self._slots = [_Slot(index, loop.create_future()) for index in range(self._workers)]
         with _Reservation(self._program.listen) as listen:
             tasks = [asyncio.create_task(self._keep(slot, listen, stop)) for slot in self._slots]
@@ -156,7 +159,7 @@ class _Supervisor:
             finally:
                 stop.set()
                 self._forward(signal.SIGTERM)
-                # A second signal to the parent cuts every worker's drain short too.
+                # A SIGINT to the stopping parent cuts every worker's drain short too.
                 again = asyncio.create_task(self._forward_again(stop))
                 await asyncio.gather(*tasks, return_exceptions=True)
                 again.cancel()
@@ -171,7 +174,14 @@ class _Supervisor:
 
     async def _forward_again(self, stop: StopSignal) -> None:
         await stop.again.wait()
-        self._forward(signal.SIGTERM)
+        self._forward(signal.SIGINT)
+
+    def _hangup(self) -> None:
+        if self._program.reloads:
+            log.info("SIGHUP: forwarded to every worker (reload)")
+            self._forward(signal.SIGHUP)
+        else:
+            log.info("SIGHUP: the %s has nothing to reload", self._program.name)
 
     def _forward(self, signum: int) -> None:
         for slot in self._slots:
@@ -258,7 +268,9 @@ class _Supervisor:
         if stop.is_set() or line.cancelled() or LISTENING.search(line.result()) is None:
             return False
         # Nothing else is written to stdout; drained all the same so a stray print never blocks.
-        asyncio.create_task(_drain(process.stdout))  # noqa: RUF006  # ends at the worker's EOF
+        reader = asyncio.create_task(_drain(process.stdout))
+        self._readers.add(reader)  # held: the loop keeps only a weak reference
+        reader.add_done_callback(self._readers.discard)
         return True
 
     async def _until_exit_or_stop(

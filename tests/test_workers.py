@@ -37,7 +37,7 @@ from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
-# A drain that outlasts any test; a second SIGTERM ends it (runtime/serve.drain).
+# A drain that outlasts any test; a SIGINT while draining ends it (runtime/serve.drain).
 LONG_DRAIN = {"WXLOGIN_DRAIN_SECONDS": "120"}
 # Separate TCP connections per channel: grpc shares one between equal channels otherwise.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -198,10 +198,12 @@ async def test_a_killed_worker_is_replaced_and_logins_go_on(
 async def test_sigterm_drains_every_worker_together(
     service_env: dict[str, str], emu: Emulator
 ) -> None:
-    """SIGTERM to the parent: every worker NOT_SERVING yet answering; then all exit, parent 0."""
+    """SIGTERM to parent and workers: all NOT_SERVING yet answering; SIGINT: all exit, parent 0."""
     async with workers("service", {**service_env, **LONG_DRAIN}) as running:
         async with spread_channels(running) as channels:
             running.process.send_signal(signal.SIGTERM)
+            for pid in running.pids:  # as systemd's default stop does: every process of the unit
+                os.kill(pid, signal.SIGTERM)
             # The connections reach every worker: all of them must say NOT_SERVING.
             for _ in range(300):
                 statuses = {await health(channel) for channel in channels}
@@ -216,7 +218,7 @@ async def test_sigterm_drains_every_worker_together(
             assert (await fresh_login(running.port, emu, user)).token  # and new ones are accepted
             assert await fresh_health(running.port) == NOT_SERVING
         assert running.process.returncode is None
-        running.process.send_signal(signal.SIGTERM)  # forwarded: the drain ends
+        running.process.send_signal(signal.SIGINT)  # forwarded: the drain ends
         assert await asyncio.wait_for(running.process.wait(), 60) == 0
         assert not any(alive(pid) for pid in running.pids)
 
@@ -261,7 +263,7 @@ async def test_two_edge_workers_on_one_address(service_env: dict[str, str], emu:
                 body = {"app_id": APP_A, "code": await emu.code(APP_A, user)}
                 async with http.post(base + "/v1/login", json=body) as response:
                     assert response.status == 200  # still serving while draining
-            running.process.send_signal(signal.SIGTERM)
+            running.process.send_signal(signal.SIGINT)  # forwarded: the drain ends
             code = await asyncio.wait_for(running.process.wait(), 60)
             assert running.process.stderr is not None
             assert code == 0, (await running.process.stderr.read()).decode()[-3000:]
