@@ -103,6 +103,24 @@ def check_workers(program: Program, workers: int) -> None:
         )
 
 
+def worker_environment(
+    program: Program, index: int, listen: ListenAddress, env: Mapping[str, str]
+) -> dict[str, str]:
+    """Worker `index`'s environment: the shared address, its own metrics port, who its parent is."""
+    worker = {
+        **env,
+        INDEX_VARIABLE: str(index),
+        PARENT_VARIABLE: str(os.getpid()),
+        program.listen_variable: str(listen),
+    }
+    metrics = program.metrics
+    if metrics is not None and program.metrics_variable is not None:
+        # Port + index, so each worker's /metrics is scraped on its own; 0 stays 0 (any port).
+        port = metrics.port + index if metrics.port else 0
+        worker[program.metrics_variable] = str(ListenAddress(metrics.host, port))
+    return worker
+
+
 def supervise(program: Program, workers: int, env: Mapping[str, str]) -> int:
     """Run `workers` copies of `program` until SIGTERM/SIGINT; the parent's exit code."""
     check_workers(program, workers)
@@ -189,19 +207,6 @@ class _Supervisor:
                 with suppress(ProcessLookupError):
                     slot.process.send_signal(signum)
 
-    def _worker_env(self, slot: _Slot, listen: ListenAddress) -> dict[str, str]:
-        env = {
-            **self._env,
-            INDEX_VARIABLE: str(slot.index),
-            PARENT_VARIABLE: str(os.getpid()),
-            self._program.listen_variable: str(listen),
-        }
-        metrics = self._program.metrics
-        if metrics is not None and self._program.metrics_variable is not None:
-            port = metrics.port + slot.index if metrics.port else 0
-            env[self._program.metrics_variable] = str(ListenAddress(metrics.host, port))
-        return env
-
     async def _keep(self, slot: _Slot, listen: ListenAddress, stop: StopSignal) -> None:
         """Fill `slot` until the parent stops: start a worker, wait for it, replace it."""
         loop = asyncio.get_running_loop()
@@ -212,7 +217,7 @@ class _Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 # Workers log to the parent's stderr directly: one stream, as with one process.
-                env=self._worker_env(slot, listen),
+                env=worker_environment(self._program, slot.index, listen, self._env),
             )
             if await self._await_ready(process, stop):
                 if not slot.ready.done():
