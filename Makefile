@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := protos/wxlogin/v1/auth.proto
 PROTO_OUT := wxlogin/v1/auth_pb2.py wxlogin/v1/auth_pb2_grpc.py wxlogin/v1/auth_pb2.pyi wxlogin/v1/auth_pb2_grpc.pyi
 
-.PHONY: help venv tools proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos clean
+.PHONY: help venv tools proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos dist clean
 
 help:
 	@echo "make run        start the dev stack (embedded mongod, WeChat emulator, service, edge)"
 	@echo "make test       install everything needed, then lint, typecheck and the whole test suite"
 	@echo "make demo       walk a simulated mini-program through the flow against a dev stack"
 	@echo "make bench      benchmarks against bare baselines (results in bench/results/)"
+	@echo "make dist       the wheel: pip install 'dist/wxlogin-*.whl[server]' (README, Installing)"
 	@echo "make lint | typecheck | check | proto | clean"
 
 venv: $(STAMP)
@@ -91,5 +92,10 @@ bench-smoke: proto tools
 chaos: proto
 	$(PY) -m bench.chaos
 
+# The installable wheel (README, "Installing"): setup.py generates wxlogin/ into it.
+dist: $(STAMP)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	@ls dist/*.whl
+
 clean:
-	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache dist build

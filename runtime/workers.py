@@ -82,6 +82,9 @@ class Program:
 
     name: str  # "service", "edge": for log lines
     argv: Sequence[str]  # e.g. [sys.executable, "-m", "service"]
+    # The one stdout line a single process prints once it listens ({host}, {port}):
+    # launchers and tests read the port from it, so the parent prints the same.
+    ready_line: str
     listen_variable: str  # WXLOGIN_GRPC_LISTEN, WXLOGIN_HTTP_LISTEN
     listen: ListenAddress
     metrics_variable: str | None = None
@@ -164,7 +167,8 @@ class _Supervisor:
                         log.error("a %s worker could not start: stopping", self._program.name)
                         self._clean = False
                         return failed[0] or 1
-                    print(self._ready_line(listen), flush=True)
+                    line = self._program.ready_line.format(host=listen.url_host, port=listen.port)
+                    print(line, flush=True)
                     log.info(
                         "%d %s workers on %s (pids %s)",
                         len(self._slots),
@@ -183,12 +187,6 @@ class _Supervisor:
                 again.cancel()
         log.info("every worker stopped")
         return 0 if self._clean else 1
-
-    def _ready_line(self, listen: ListenAddress) -> str:
-        # The same line a single process prints: launchers and tests read the port from it.
-        if self._program.name == "edge":
-            return f"edge listening on http://{listen.url_host}:{listen.port}"
-        return f"wxlogin {self._program.name} listening on port {listen.port}"
 
     async def _forward_again(self, stop: StopSignal) -> None:
         await stop.again.wait()

@@ -19,6 +19,8 @@ from service.settings import Settings
 log = logging.getLogger("service")
 # After the drain, in-flight RPCs get this long to finish (service/app.py).
 SHUTDOWN_GRACE = 10.0
+# One parseable stdout line: the dev stack and tests read the bound port from it.
+READY_LINE = "wxlogin service listening on port {port}"
 
 
 async def serve(settings: Settings) -> None:
@@ -28,7 +30,7 @@ async def serve(settings: Settings) -> None:
         # Operators rotate the callers file (and certificates) and send SIGHUP.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.reload)
         # One parseable line: the dev stack and tests read the bound port from it.
-        print(f"wxlogin service listening on port {running.port}", flush=True)
+        print(READY_LINE.format(port=running.port), flush=True)
         if running.metrics_port is not None:
             log.info("metrics on port %d (/metrics)", running.metrics_port)
         await stop.wait()
@@ -45,6 +47,7 @@ def _program(settings: Settings) -> Program:
     return Program(
         name="service",
         argv=[sys.executable, "-m", "service"],
+        ready_line=READY_LINE,
         listen_variable="WXLOGIN_GRPC_LISTEN",
         listen=parse_listen("WXLOGIN_GRPC_LISTEN", settings.grpc_listen, ""),
         metrics_variable="WXLOGIN_METRICS_LISTEN",

@@ -97,7 +97,7 @@ async def spread_channels(running: Workers) -> AsyncIterator[list[grpc.aio.Chann
 
 
 async def login(stub: auth_pb2_grpc.AuthServiceStub, code: str) -> auth_pb2.LoginResponse:
-    return await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=code), timeout=10)
+    return await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=code), timeout=30)
 
 
 async def fresh_login(port: int, emu: Emulator, user: str) -> auth_pb2.LoginResponse:
@@ -405,6 +405,7 @@ def test_each_worker_gets_the_shared_address_and_its_own_metrics_port() -> None:
     program = Program(
         name="service",
         argv=["x"],
+        ready_line="listening on port {port}",
         listen_variable="WXLOGIN_GRPC_LISTEN",
         listen=ListenAddress("127.0.0.1", 0),
         metrics_variable="WXLOGIN_METRICS_LISTEN",

@@ -23,6 +23,8 @@ from runtime.serve import StopSignal, drain, stop_on_signals
 from runtime.workers import Program, become_worker, is_worker, supervise
 
 log = logging.getLogger("edge")
+# The one stdout line: the dev stack and the tests read the port from it.
+READY_LINE = "edge listening on http://{host}:{port}"
 
 
 async def serve(config: EdgeConfig) -> None:
@@ -59,7 +61,7 @@ async def _serve(app: web.Application, config: EdgeConfig, stop: StopSignal) -> 
         app, config.listen.host, config.listen.port, reuse_port=is_worker(os.environ)
     ) as port:
         # The one stdout line: the dev stack and the tests read the port from it.
-        print(f"edge listening on http://{config.listen.url_host}:{port}", flush=True)
+        print(READY_LINE.format(host=config.listen.url_host, port=port), flush=True)
         log.info(
             "calling wxlogin at %s (%s, %s)",
             config.upstream,
@@ -77,6 +79,7 @@ def _program(config: EdgeConfig) -> Program:
     return Program(
         name="edge",
         argv=[sys.executable, "-m", "clients.edge"],
+        ready_line=READY_LINE,
         listen_variable="WXLOGIN_HTTP_LISTEN",
         listen=config.listen,
         metrics_variable="WXLOGIN_EDGE_METRICS_LISTEN",
