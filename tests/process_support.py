@@ -77,8 +77,8 @@ def connections_per_pid(port: int, pids: list[int]) -> dict[int, int]:
     return {pid: len(_socket_inodes(pid) & established) for pid in pids}
 
 
-async def until(condition: object, *, tries: int = 300, pause: float = 0.1) -> None:
-    """Poll `condition()` (a callable) until it is true; AssertionError after `tries`."""
+async def until(condition: object, *, tries: int = 900, pause: float = 0.1) -> None:
+    """Poll `condition()` until true; AssertionError after `tries` (90 s: busy machines)."""
     for _ in range(tries):
         if condition():  # type: ignore[operator]
             return
