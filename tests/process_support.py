@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 _LISTEN = "0A"
@@ -77,10 +78,10 @@ def connections_per_pid(port: int, pids: list[int]) -> dict[int, int]:
     return {pid: len(_socket_inodes(pid) & established) for pid in pids}
 
 
-async def until(condition: object, *, tries: int = 900, pause: float = 0.1) -> None:
+async def until(condition: Callable[[], bool], *, tries: int = 900, pause: float = 0.1) -> None:
     """Poll `condition()` until true; AssertionError after `tries` (90 s: busy machines)."""
     for _ in range(tries):
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         await asyncio.sleep(pause)
     raise AssertionError(f"still false after {tries} tries: {condition}")
