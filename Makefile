@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := protos/wxlogin/v1/auth.proto
 PROTO_OUT := wxlogin/v1/auth_pb2.py wxlogin/v1/auth_pb2_grpc.py wxlogin/v1/auth_pb2.pyi wxlogin/v1/auth_pb2_grpc.pyi
 
-.PHONY: help venv tools buf node-client contract proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos clean
+.PHONY: help venv tools buf node-client contract proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos dist clean
 
 help:
 	@echo "make run        start the dev stack (embedded mongod, WeChat emulator, service, edge)"
@@ -16,6 +16,7 @@ help:
 	@echo "make demo       walk a simulated mini-program through the flow against a dev stack"
 	@echo "make bench      benchmarks against bare baselines (results in bench/results/)"
 	@echo "make contract   buf lint + buf breaking on protos/ (against the merge base with main)"
+	@echo "make dist       the wheel: pip install 'dist/wxlogin-*.whl[server]' (README, Installing)"
 	@echo "make lint | typecheck | check | proto | clean"
 
 venv: $(STAMP)
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# compat mode puts the checkout itself on sys.path, so the generated wxlogin/
 	@# package (made after this install) is importable from anywhere too.
-	$(PY) -m pip install --quiet -e '.[dev,bench]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[server,dev,bench]' --config-settings editable_mode=compat
 	touch $@
 
 proto: $(PROTO_OUT)
@@ -118,5 +119,10 @@ bench-smoke: proto tools
 chaos: proto
 	$(PY) -m bench.chaos
 
+# The installable wheel (README, "Installing"): setup.py generates wxlogin/ into it.
+dist: $(STAMP)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	@ls dist/*.whl
+
 clean:
-	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache node_modules clients/node/node_modules
+	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache node_modules clients/node/node_modules dist build

@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         f"Keys: {', '.join(KEYS)}",
     )
     args = parser.parse_args(argv)
-
     plan = replace(SMOKE if args.smoke else FULL, profile=args.profile, only=args.only)
     # A partial run never replaces the committed results.
     out = args.out or (new_workdir() / "results" if args.smoke or args.only else RESULTS)

@@ -312,19 +312,77 @@ async def _reference(rig: Rig, exits: AsyncExitStack) -> tuple[scenarios.GrpcSid
 
 async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
     """A second stack with two service processes on one port, compared with the first."""
-    async with _stack(rig.workdir, 2, 2, edge=False, callers=True, env=_production_env()) as second:
-        _adopt(rig, second, "@2")
-        rig.arrange([])  # off the server core until measured
-        setups = []
-        for stack, names in ((first, ["service-1"]), (second, ["service-1@2", "service-2@2"])):
-            emulator = Emulator(stack.emulator_url, rig.http)
-            async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
-                token, _ = await login(
-                    channel, await emulator.code("bench-scaling"), _caller_key(stack)
-                )
-            request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
-            setups.append((stack.grpc_target, request, names, _caller_key(stack)))
-        return await scenarios.scaling(rig, setups[0], setups[1])
+    try:
+        async with _stack(
+            rig.workdir, 2, 2, edge=False, callers=True, env=_production_env()
+        ) as second:
+            _adopt(rig, second, "@2")
+            rig.arrange([])  # off the server core until measured
+            setups = []
+            for stack, names in ((first, ["service-1"]), (second, ["service-1@2", "service-2@2"])):
+                emulator = Emulator(stack.emulator_url, rig.http)
+                async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+                    token, _ = await login(
+                        channel, await emulator.code("bench-scaling"), _caller_key(stack)
+                    )
+                request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+                setups.append((stack.grpc_target, request, names, _caller_key(stack)))
+            return await scenarios.scaling(rig, setups[0], setups[1])
+    finally:
+        _forget(rig, "@2")
+
+
+def _forget(rig: Rig, suffix: str) -> None:
+    """Gone with their stack: nothing may try to pin them any more."""
+    for name in [name for name in rig.processes if name.endswith(suffix)]:
+        del rig.processes[name]
+
+
+# What the workers figure can show here, printed and kept with it.
+WORKERS_CAVEAT = (
+    "2 cores shared by h2load, mongod, the emulator and both workers: the ratio shows that "
+    "WXLOGIN_WORKERS=2 spreads one port's load over two processes and what the supervisor "
+    "costs (nothing on the request path); it cannot show the ~2x a machine with a core per "
+    "worker and the load generator elsewhere would, and under other engineers' load it is "
+    "noisy"
+)
+
+
+async def _workers(rig: Rig, first: DevStack) -> dict[str, Any]:
+    """A stack with WXLOGIN_WORKERS=2 (one parent, two workers) against `first` (one process)."""
+    try:
+        async with _stack(
+            rig.workdir,
+            8,
+            1,
+            edge=False,
+            callers=True,
+            env={**_production_env(), "WXLOGIN_WORKERS": "2"},
+        ) as second:
+            _adopt(rig, second, "@8")
+            workers = sorted(procstat.child_pids(rig.processes["service-1@8"]))
+            names = [f"worker-{index}@8" for index in range(len(workers))]
+            rig.processes.update(zip(names, workers, strict=True))
+            if len(workers) != 2:
+                rig.problems.append(f"workers: {len(workers)} worker processes, expected 2")
+            rig.arrange([])  # off the server core until measured
+            setups = []
+            for stack, measured in ((first, ["service-1"]), (second, names)):
+                emulator = Emulator(stack.emulator_url, rig.http)
+                async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+                    token, _ = await login(
+                        channel, await emulator.code("bench-workers"), _caller_key(stack)
+                    )
+                request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+                setups.append((stack.grpc_target, request, measured, _caller_key(stack)))
+            result = await scenarios.scaling(rig, setups[0], setups[1], name="workers")
+    finally:
+        _forget(rig, "@8")
+    result["setup"] = "WXLOGIN_WORKERS=2 (one supervising parent) vs one process"
+    result["ratio"] = result.pop("speedup")
+    result["caveat"] = WORKERS_CAVEAT
+    rig.log(f"  workers: 2 workers / 1 process = {result['ratio']:.2f} x ({WORKERS_CAVEAT})")
+    return result
 
 
 # The scenarios on stacks of their own, each with its cost side by side against `_reference`.
@@ -344,6 +402,7 @@ KEYS = (
     *OWN_STACKS,
     "rss",
     "scaling",
+    "workers",
 )
 
 
@@ -469,6 +528,10 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
             rig.arrange(["service-1"])
             log("scaling: 1 and 2 service processes")
             results["scaling"] = await _scaling(rig, stack)
+        if plan.runs("workers"):
+            rig.arrange(["service-1"])
+            log("workers: 1 process and WXLOGIN_WORKERS=2")
+            results["workers"] = await _workers(rig, stack)
     finished = datetime.now(UTC)
     results["meta"] = {
         "plan": asdict(plan),
