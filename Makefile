@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := protos/wxlogin/v1/auth.proto
 PROTO_OUT := wxlogin/v1/auth_pb2.py wxlogin/v1/auth_pb2_grpc.py wxlogin/v1/auth_pb2.pyi wxlogin/v1/auth_pb2_grpc.pyi
 
-.PHONY: help venv tools proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos clean
+.PHONY: help venv tools proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos rehearsal clean
 
 help:
 	@echo "make run        start the dev stack (embedded mongod, WeChat emulator, service, edge)"
 	@echo "make test       install everything needed, then lint, typecheck and the whole test suite"
 	@echo "make demo       walk a simulated mini-program through the flow against a dev stack"
 	@echo "make bench      benchmarks against bare baselines (results in bench/results/)"
+	@echo "make rehearsal  production rehearsal: replica set, 2 services, 2 edges, HAProxy, faults"
 	@echo "make lint | typecheck | check | proto | clean"
 
 venv: $(STAMP)
@@ -51,8 +52,9 @@ edge: proto
 	$(PY) -m clients.edge
 
 # The programs the suite drives besides Python: h2load and wrk (bench smoke),
-# node (the mini-program sample's test). Installed with apt when missing.
-TOOLS := h2load:nghttp2-client wrk:wrk node:nodejs promtool:prometheus
+# node (the mini-program sample's test), haproxy and nghttp (its gRPC health check) for the
+# rehearsal. Installed with apt when missing.
+TOOLS := h2load:nghttp2-client nghttp:nghttp2-client wrk:wrk node:nodejs promtool:prometheus haproxy:haproxy
 tools:
 	@missing=""; for pair in $(TOOLS); do \
 	    command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
@@ -90,6 +92,11 @@ bench-smoke: proto tools
 # Fault scenarios against the real stack, ~10 min (README "Reliability"); not in `make test`.
 chaos: proto
 	$(PY) -m bench.chaos
+
+# The production rehearsal (README "Production, rehearsed"), ~3 min; needs haproxy and nghttp
+# (`tools`). Its smoke runs in `make test`.
+rehearsal: proto tools
+	$(PY) -m bench.rehearsal
 
 clean:
 	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache
