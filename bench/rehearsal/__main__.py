@@ -38,10 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a short run; results to a temp dir")
     parser.add_argument("--out", type=Path, help=f"results dir (default: {RESULTS})")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data)")
+    parser.add_argument("--workdir", type=Path, help="work dir (default: a new temp dir)")
     parser.add_argument("--note", default="", help="how it was measured, for the README table")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
-    workdir = Path(tempfile.mkdtemp(prefix="wxlogin-rehearsal-"))
+    workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="wxlogin-rehearsal-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     if args.out is not None:
         out: Path = args.out
     else:
