@@ -200,6 +200,8 @@ class DevStack:
         # of logins a second from one address against one app.
         env.setdefault("WXLOGIN_LOGIN_RATE", "0")
         env.setdefault("WXLOGIN_EDGE_LOGIN_RATE", "0")
+        # No load balancer in front: Ctrl-C stops at once instead of draining for one.
+        env.setdefault("WXLOGIN_DRAIN_SECONDS", "0")
         if self._callers:
             self.caller_keys = dev_caller_keys(self.data_dir)
             env["WXLOGIN_CALLERS_FILE"] = str(write_dev_callers(self.data_dir, self.caller_keys))

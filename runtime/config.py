@@ -8,6 +8,7 @@ live once, here.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -149,6 +150,24 @@ def _within(variable: str, number: _Number, minimum: float, maximum: float | Non
     if maximum is not None and not number <= maximum:
         raise ConfigError(variable, f"must be <= {maximum:g}, got {number:g}")
     return number
+
+
+# More would be a typo: each worker is a whole process with its own MongoDB pool.
+MAX_WORKERS = 256
+
+
+def parse_workers(variable: str, value: str | None) -> int:
+    """Worker processes: a whole number >= 1, or `auto` (the CPUs this process may run on)."""
+    if value is not None and value.strip().lower() == "auto":
+        # The CPUs we may use (a cgroup cpuset or taskset narrows them), not the machine's.
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+    return parse_whole(
+        variable, value, 1, minimum=1, maximum=MAX_WORKERS, unit="a whole number or auto"
+    )
 
 
 def parse_optional_listen(variable: str, value: str | None) -> ListenAddress | None:

@@ -1,4 +1,4 @@
-"""`python -m service`: read the environment, run until SIGTERM/SIGINT, drain, exit."""
+"""`wxlogin-service` (python -m service): read the environment, serve until SIGTERM, drain."""
 
 from __future__ import annotations
 
@@ -9,19 +9,22 @@ import signal
 import sys
 
 from runtime import logs
-from runtime.config import ConfigError, parse_log_format, parse_log_level
-from runtime.serve import stop_on_signals
+from runtime.config import ConfigError, parse_listen, parse_log_format, parse_log_level
+from runtime.serve import drain, stop_on_signals
+from runtime.workers import Program, become_worker, is_worker, supervise
 from service.app import running_service
 from service.embedded_mongo import EmbeddedMongoError
 from service.settings import Settings
 
 log = logging.getLogger("service")
+# After the drain, in-flight RPCs get this long to finish (service/app.py).
+SHUTDOWN_GRACE = 10.0
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until a termination signal, then shut down gracefully."""
+    """Serve until a termination signal, then drain and shut down gracefully."""
     stop = stop_on_signals()
-    async with running_service(settings) as running:
+    async with running_service(settings, shutdown_grace=SHUTDOWN_GRACE) as running:
         # Operators rotate the callers file (and certificates) and send SIGHUP.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.reload)
         # One parseable line: the dev stack and tests read the bound port from it.
@@ -29,8 +32,25 @@ async def serve(settings: Settings) -> None:
         if running.metrics_port is not None:
             log.info("metrics on port %d (/metrics)", running.metrics_port)
         await stop.wait()
+        # NOT_SERVING on every health name first (and no later set(), the MongoDB
+        # watcher's, turns one back), then the drain of normal service; running_service's
+        # exit then stops the listener and lets in-flight RPCs finish.
+        await running.health.enter_graceful_shutdown()
+        await drain(settings.drain_seconds, stop)
         log.info("shutting down: draining in-flight RPCs")
     log.info("stopped")
+
+
+def _program(settings: Settings) -> Program:
+    return Program(
+        name="service",
+        argv=[sys.executable, "-m", "service"],
+        listen_variable="WXLOGIN_GRPC_LISTEN",
+        listen=parse_listen("WXLOGIN_GRPC_LISTEN", settings.grpc_listen, ""),
+        metrics_variable="WXLOGIN_METRICS_LISTEN",
+        metrics=settings.metrics_listen,
+        stop_seconds=settings.drain_seconds + SHUTDOWN_GRACE,
+    )
 
 
 def main() -> int:
@@ -41,6 +61,9 @@ def main() -> int:
             log_format=parse_log_format("WXLOGIN_LOG_FORMAT", os.environ.get("WXLOGIN_LOG_FORMAT")),
         )
         settings = Settings.from_env(os.environ)
+        if settings.workers > 1 and not is_worker(os.environ):
+            return supervise(_program(settings), settings.workers, os.environ)
+        become_worker(os.environ)
         asyncio.run(serve(settings))
     except ConfigError as error:  # also found only when used: an unreachable MongoDB, a taken port
         print(f"wxlogin: bad configuration: {error}", file=sys.stderr)

@@ -17,7 +17,9 @@ from runtime.config import (
     parse_optional_listen,
     parse_seconds,
     parse_whole,
+    parse_workers,
 )
+from runtime.serve import DEFAULT_DRAIN_SECONDS, parse_drain_seconds
 from service.crypto import key_id
 
 __all__ = ["ConfigError", "Settings"]
@@ -94,6 +96,10 @@ class Settings:
     # WXLOGIN_MAX_SESSIONS_PER_USER: a login beyond this many live sessions of its
     # user ends the oldest (service/store.py, _trim_sessions).
     max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
+    # WXLOGIN_WORKERS: worker processes on one listen address (runtime/workers.py).
+    workers: int = 1
+    # WXLOGIN_DRAIN_SECONDS: after SIGTERM, NOT_SERVING this long before the listener closes.
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even by printing the settings.
@@ -118,6 +124,13 @@ class Settings:
             )
         tls_cert, tls_key, tls_client_ca = parse_tls(env)
         session_ttl, session_max_ttl = parse_session_ttls(env)
+        workers = parse_workers("WXLOGIN_WORKERS", env.get("WXLOGIN_WORKERS"))
+        if workers > 1 and not env.get("WXLOGIN_MONGODB_URI"):
+            raise ConfigError(
+                "WXLOGIN_WORKERS",
+                f"{workers} workers need WXLOGIN_MONGODB_URI: each would start its own "
+                "embedded mongod on one data dir",
+            )
         return cls(
             apps=parse_apps(apps_raw),
             secret_key=parse_secret_key(key_raw),
@@ -170,6 +183,8 @@ class Settings:
                 minimum=1,
                 maximum=295,
             ),
+            workers=workers,
+            drain_seconds=parse_drain_seconds(env),
         )
 
     @property

@@ -23,6 +23,8 @@ from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 APP_A = "wxtest0000000000aa"
 APP_B = "wxtest0000000000bb"
 APPS = {APP_A: "secret-a-123", APP_B: "secret-b-456"}
+# Children stop at once on SIGTERM unless a test asks for a drain (runtime/serve.py).
+QUICK_STOP = {"WXLOGIN_DRAIN_SECONDS": "0"}
 APPS_ENV = ",".join(f"{appid}:{secret}" for appid, secret in APPS.items())
 
 
@@ -136,7 +138,7 @@ async def child(
         *dies_with_parent([sys.executable, "-m", *module_args]),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **QUICK_STOP, **(env or {})},
     )
     try:
         assert process.stdout is not None
@@ -179,7 +181,7 @@ async def run_to_exit(
         *dies_with_parent([sys.executable, "-m", *module_args]),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **QUICK_STOP, **(env or {})},
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), wait)
     assert process.returncode is not None

@@ -1,4 +1,4 @@
-"""`python -m clients.edge`: read the environment, serve until SIGTERM/SIGINT, drain, exit."""
+"""`wxlogin-edge` (python -m clients.edge): read the environment, serve until SIGTERM, drain."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from contextlib import ExitStack
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from clients.edge.app import init_app
+from clients.edge.app import DRAINING, init_app
 from clients.edge.config import EdgeConfig
 from clients.edge.login_limit import LoginLimit
 from clients.edge.metrics import EdgeMetrics
-from clients.edge.server import serving
+from clients.edge.server import SHUTDOWN_GRACE, serving
 from runtime import logs
 from runtime.config import ConfigError
 from runtime.metrics_server import serving_metrics
-from runtime.serve import stop_on_signals
+from runtime.serve import StopSignal, drain, stop_on_signals
+from runtime.workers import Program, become_worker, is_worker, supervise
 
 log = logging.getLogger("edge")
 
@@ -52,9 +53,11 @@ async def serve(config: EdgeConfig) -> None:
         await _serve(app, config, stop)
 
 
-async def _serve(app: web.Application, config: EdgeConfig, stop: asyncio.Event) -> None:
-    """Serve the app until `stop`; the "listening on" line once the port is bound."""
-    async with serving(app, config.listen.host, config.listen.port) as port:
+async def _serve(app: web.Application, config: EdgeConfig, stop: StopSignal) -> None:
+    """Serve the app until `stop`, then drain; the "listening on" line once the port is bound."""
+    async with serving(
+        app, config.listen.host, config.listen.port, reuse_port=is_worker(os.environ)
+    ) as port:
         # The one stdout line: the dev stack and the tests read the port from it.
         print(f"edge listening on http://{config.listen.url_host}:{port}", flush=True)
         log.info(
@@ -64,7 +67,22 @@ async def _serve(app: web.Application, config: EdgeConfig, stop: asyncio.Event) 
             "with a caller key" if config.security.caller_key else "no caller key",
         )
         await stop.wait()
+        # /readyz answers 503 from now on; everything else is served for the drain.
+        app[DRAINING].set()
+        await drain(config.drain_seconds, stop)
         log.info("stopping: letting in-flight requests finish")
+
+
+def _program(config: EdgeConfig) -> Program:
+    return Program(
+        name="edge",
+        argv=[sys.executable, "-m", "clients.edge"],
+        listen_variable="WXLOGIN_HTTP_LISTEN",
+        listen=config.listen,
+        metrics_variable="WXLOGIN_EDGE_METRICS_LISTEN",
+        metrics=config.metrics_listen,
+        stop_seconds=config.drain_seconds + SHUTDOWN_GRACE,
+    )
 
 
 def main() -> int:
@@ -76,6 +94,9 @@ def main() -> int:
         return 2
     logs.configure(config.log_level, log_format=config.log_format)
     try:
+        if config.workers > 1 and not is_worker(os.environ):
+            return supervise(_program(config), config.workers, os.environ)
+        become_worker(os.environ)
         asyncio.run(serve(config))
     except ConfigError as error:  # found only when used: a metrics port already taken
         print(f"edge: bad configuration: {error}", file=sys.stderr)

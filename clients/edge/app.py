@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -43,6 +44,8 @@ UPSTREAM = web.AppKey("upstream", WxLoginClient)
 OPENAPI = web.AppKey("openapi", bytes)
 LOGIN_LIMIT = web.AppKey("login_limit", LoginLimit)
 METRICS = web.AppKey("metrics", EdgeMetrics)
+# Set once SIGTERM arrived: /readyz answers 503 while every other route still serves.
+DRAINING = web.AppKey("draining", asyncio.Event)
 REQUEST_ID = web.RequestKey("request_id", str)
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -72,6 +75,7 @@ def init_app(
     app = web.Application(middlewares=[_envelope], client_max_size=max_body_bytes)
     app[OPENAPI] = resources.files(__package__).joinpath("openapi.json").read_bytes()
     app[REQUEST_IDS] = _RequestIds()
+    app[DRAINING] = asyncio.Event()
     if login_limit is not None:
         app[LOGIN_LIMIT] = login_limit
     if metrics is not None:
@@ -345,7 +349,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: wxlogin's health service says SERVING (readiness)."""
+    """GET /readyz: not draining, and wxlogin's health service says SERVING (readiness)."""
+    if request.app[DRAINING].is_set():
+        # A load balancer stops sending new requests here; those it still sends are served.
+        raise ServiceUnavailable("this edge is shutting down")
     if not await request.app[UPSTREAM].serving():
         raise ServiceUnavailable("wxlogin is not serving")
     return web.json_response({"status": "ready"})

@@ -15,7 +15,9 @@ from runtime.config import (
     parse_log_level,
     parse_number,
     parse_optional_listen,
+    parse_workers,
 )
+from runtime.serve import DEFAULT_DRAIN_SECONDS, parse_drain_seconds
 
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_UPSTREAM = "127.0.0.1:50051"
@@ -47,6 +49,10 @@ class EdgeConfig:
     metrics_listen: ListenAddress | None = None
     # WXLOGIN_LOG_FORMAT: text, or json (one object per line; runtime/logs.py).
     log_format: str = "text"
+    # WXLOGIN_WORKERS: worker processes on one listen address (runtime/workers.py).
+    workers: int = 1
+    # WXLOGIN_DRAIN_SECONDS: after SIGTERM, /readyz 503 this long before the listener closes.
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EdgeConfig:
@@ -84,6 +90,8 @@ class EdgeConfig:
                 "WXLOGIN_EDGE_METRICS_LISTEN", env.get("WXLOGIN_EDGE_METRICS_LISTEN")
             ),
             log_format=parse_log_format("WXLOGIN_LOG_FORMAT", env.get("WXLOGIN_LOG_FORMAT")),
+            workers=parse_workers("WXLOGIN_WORKERS", env.get("WXLOGIN_WORKERS")),
+            drain_seconds=parse_drain_seconds(env),
         )
 
 

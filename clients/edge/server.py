@@ -115,9 +115,17 @@ def _traceback_without_messages(error: BaseException) -> str:
 
 @asynccontextmanager
 async def serving(
-    app: web.Application, host: str, port: int, *, shutdown_grace: float = SHUTDOWN_GRACE
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_grace: float = SHUTDOWN_GRACE,
+    reuse_port: bool = False,
 ) -> AsyncIterator[int]:
-    """Serve `app` on host:port (0 = a free port) and yield the bound port; stop gracefully."""
+    """Serve `app` on host:port (0 = a free port) and yield the bound port; stop gracefully.
+
+    `reuse_port`: SO_REUSEPORT, for workers sharing one port (runtime/workers.py).
+    """
     # aiohttp answers HTTP that does not parse itself, before any app code or
     # hook, and names Python's and its own version in that answer's Server
     # header; its one setting for that header is this module constant, read at
@@ -133,7 +141,7 @@ async def serving(
     try:
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
             # With port 0 and a host with several addresses, each socket gets its
             # own port; the first is the one announced.
             yield runner.addresses[0][1]

@@ -1,0 +1,301 @@
+"""WXLOGIN_WORKERS=N: N worker processes on one address, supervised, drained together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients.edge.config import EdgeConfig
+from runtime.config import ConfigError, parse_workers
+from runtime.serve import parse_drain_seconds
+from service.settings import Settings
+from service.store import connect
+from tests.conftest import b64_secret_key
+from tests.process_support import (
+    alive,
+    children_of,
+    connections_per_pid,
+    listening_pids,
+    until,
+)
+from tests.support import APP_A, APPS_ENV, Emulator, child, run_to_exit
+from tests.test_session_caps import live_in_db
+from wxlogin.v1 import auth_pb2, auth_pb2_grpc
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING = health_pb2.HealthCheckResponse.SERVING
+# A drain that outlasts any test; a second SIGTERM ends it (runtime/serve.drain).
+LONG_DRAIN = {"WXLOGIN_DRAIN_SECONDS": "120"}
+# Separate TCP connections per channel: grpc shares one between equal channels otherwise.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+@dataclass
+class Workers:
+    """A running worker parent: its process, the shared port, its workers' pids."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    pids: list[int]
+
+
+@asynccontextmanager
+async def workers(module: str, env: dict[str, str], count: int = 2) -> AsyncIterator[Workers]:
+    """`python -m MODULE` with WXLOGIN_WORKERS=count, once every worker listens."""
+    async with child(module, env={**env, "WXLOGIN_WORKERS": str(count)}) as (process, port):
+        pids = children_of(process.pid)
+        assert len(pids) == count, pids
+        yield Workers(process, port, pids)
+
+
+@asynccontextmanager
+async def spread(running: Workers) -> AsyncIterator[list[auth_pb2_grpc.AuthServiceStub]]:
+    """Stubs over connections that reach every worker (the kernel picks one per connection)."""
+    async with spread_channels(running) as channels:
+        yield [auth_pb2_grpc.AuthServiceStub(channel) for channel in channels]
+
+
+@asynccontextmanager
+async def spread_channels(running: Workers) -> AsyncIterator[list[grpc.aio.Channel]]:
+    """Channels, each its own connection, until every worker holds at least one of them."""
+    async with AsyncExitStack() as stack:
+        channels = []
+        for _ in range(60):
+            channel = await stack.enter_async_context(
+                grpc.aio.insecure_channel(f"127.0.0.1:{running.port}", options=OWN_CONNECTION)
+            )
+            await asyncio.wait_for(channel.channel_ready(), 10)
+            channels.append(channel)
+            if min(connections_per_pid(running.port, running.pids).values()) > 0:
+                break
+        assert min(connections_per_pid(running.port, running.pids).values()) > 0
+        yield channels
+
+
+async def login(stub: auth_pb2_grpc.AuthServiceStub, code: str) -> auth_pb2.LoginResponse:
+    return await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=code), timeout=10)
+
+
+async def fresh_login(port: int, emu: Emulator, user: str) -> auth_pb2.LoginResponse:
+    """A login over a connection of its own (a new accept on the shared port)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
+        return await login(auth_pb2_grpc.AuthServiceStub(channel), await emu.code(APP_A, user))
+
+
+async def health(stub_channel: grpc.aio.Channel) -> int:
+    reply = await health_pb2_grpc.HealthStub(stub_channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=5
+    )
+    return int(reply.status)
+
+
+async def fresh_health(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
+        return await health(channel)
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_workers_and_drain_are_read_and_checked() -> None:
+    """WXLOGIN_WORKERS: 1 by default, auto = usable CPUs; WXLOGIN_DRAIN_SECONDS: 5, 0 allowed."""
+    assert parse_workers("WXLOGIN_WORKERS", None) == 1
+    assert parse_workers("WXLOGIN_WORKERS", "3") == 3
+    assert parse_workers("WXLOGIN_WORKERS", " AUTO ") == len(os.sched_getaffinity(0))
+    for bad in ("0", "-1", "two", "1.5", "nan"):
+        with pytest.raises(ConfigError) as caught:
+            parse_workers("WXLOGIN_WORKERS", bad)
+        assert caught.value.variable == "WXLOGIN_WORKERS"
+    assert parse_drain_seconds({}) == 5
+    assert parse_drain_seconds({"WXLOGIN_DRAIN_SECONDS": "0"}) == 0
+    assert parse_drain_seconds({"WXLOGIN_DRAIN_SECONDS": "2.5"}) == 2.5
+    for bad in ("-1", "soon", "inf", "301"):
+        with pytest.raises(ConfigError) as caught:
+            parse_drain_seconds({"WXLOGIN_DRAIN_SECONDS": bad})
+        assert caught.value.variable == "WXLOGIN_DRAIN_SECONDS"
+    edge = EdgeConfig.from_env({"WXLOGIN_WORKERS": "2", "WXLOGIN_DRAIN_SECONDS": "1"})
+    assert (edge.workers, edge.drain_seconds) == (2, 1)
+
+
+def test_several_workers_need_an_external_mongodb() -> None:
+    """N > 1 workers with the embedded mongod would share one data dir: refused, naming WORKERS."""
+    env = {"WXLOGIN_APPS": APPS_ENV, "WXLOGIN_SECRET_KEY": b64_secret_key()}
+    assert Settings.from_env({**env, "WXLOGIN_WORKERS": "1"}).workers == 1
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**env, "WXLOGIN_WORKERS": "2"})
+    assert caught.value.variable == "WXLOGIN_WORKERS"
+    uri = {**env, "WXLOGIN_MONGODB_URI": "mongodb://127.0.0.1:1", "WXLOGIN_WORKERS": "2"}
+    assert Settings.from_env(uri).workers == 2
+
+
+@pytest.mark.parametrize("module", ["service", "clients.edge"])
+async def test_a_bad_value_stops_the_start_naming_the_variable(
+    module: str, service_env: dict[str, str]
+) -> None:
+    """A bad WXLOGIN_WORKERS or WXLOGIN_DRAIN_SECONDS: exit 2 with one line naming it."""
+    for variable, value in (("WXLOGIN_WORKERS", "lots"), ("WXLOGIN_DRAIN_SECONDS", "-3")):
+        exited = await run_to_exit(module, env={**service_env, variable: value})
+        assert exited.returncode == 2
+        assert variable in exited.stderr
+
+
+# -- one address, several processes ------------------------------------------------------------
+
+
+async def test_two_workers_serve_on_one_address(service_env: dict[str, str], emu: Emulator) -> None:
+    """Both workers listen on the announced port; connections reach both and logins work."""
+    async with workers("service", service_env) as running:
+        assert listening_pids(running.port, running.pids) == set(running.pids)
+        assert running.process.pid not in listening_pids(running.port, [running.process.pid])
+        async with spread(running) as stubs:
+            user = f"two-{uuid.uuid4().hex[:8]}"
+            replies = [await login(stub, await emu.code(APP_A, user)) for stub in stubs]
+        assert len({reply.user.user_id for reply in replies}) == 1
+
+
+async def test_a_killed_worker_is_replaced_and_logins_go_on(
+    service_env: dict[str, str], emu: Emulator
+) -> None:
+    """kill -9 of a worker: the other serves meanwhile, a new one takes its place, it is logged."""
+    async with workers("service", service_env) as running:
+        victim, survivor = running.pids
+        os.kill(victim, signal.SIGKILL)
+        await until(lambda: not alive(victim))
+        user = f"kill-{uuid.uuid4().hex[:8]}"
+        for _ in range(5):  # only the survivor (or the replacement) is listening now
+            assert (await fresh_login(running.port, emu, user)).token
+        await until(
+            lambda: len(listening_pids(running.port, children_of(running.process.pid))) == 2
+        )
+        replaced = children_of(running.process.pid)
+        assert survivor in replaced
+        assert victim not in replaced
+        running.pids = replaced
+        async with spread(running) as stubs:
+            for stub in stubs:
+                assert (await login(stub, await emu.code(APP_A, user))).token
+        running.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running.process.wait(), 60) == 0
+        assert running.process.stderr is not None
+        log = (await running.process.stderr.read()).decode()
+    assert f"(pid {victim}) was killed by SIGKILL" in log
+    assert "replacing it" in log
+
+
+async def test_sigterm_drains_every_worker_together(
+    service_env: dict[str, str], emu: Emulator
+) -> None:
+    """SIGTERM to the parent: every worker NOT_SERVING yet answering; then all exit, parent 0."""
+    async with workers("service", {**service_env, **LONG_DRAIN}) as running:
+        async with spread_channels(running) as channels:
+            running.process.send_signal(signal.SIGTERM)
+            # The connections reach every worker: all of them must say NOT_SERVING.
+            for _ in range(300):
+                statuses = {await health(channel) for channel in channels}
+                if statuses == {NOT_SERVING}:
+                    break
+                await asyncio.sleep(0.1)
+            assert statuses == {NOT_SERVING}
+            user = f"drain-{uuid.uuid4().hex[:8]}"
+            for channel in channels:  # the old connections, to both workers, still answer
+                stub = auth_pb2_grpc.AuthServiceStub(channel)
+                assert (await login(stub, await emu.code(APP_A, user))).token
+            assert (await fresh_login(running.port, emu, user)).token  # and new ones are accepted
+            assert await fresh_health(running.port) == NOT_SERVING
+        assert running.process.returncode is None
+        running.process.send_signal(signal.SIGTERM)  # forwarded: the drain ends
+        assert await asyncio.wait_for(running.process.wait(), 60) == 0
+        assert not any(alive(pid) for pid in running.pids)
+
+
+async def test_no_worker_outlives_a_killed_parent(service_env: dict[str, str]) -> None:
+    """SIGKILL of the parent: the kernel tells every worker (PR_SET_PDEATHSIG); they exit."""
+    async with workers("service", service_env) as running:
+        running.process.kill()
+        await running.process.wait()
+        await until(lambda: not any(alive(pid) for pid in running.pids))
+
+
+async def test_two_edge_workers_on_one_address(service_env: dict[str, str], emu: Emulator) -> None:
+    """The edge with WXLOGIN_WORKERS=2: both listen on the port, /v1/login answers, drains."""
+    async with child("service", env=service_env) as (_, grpc_port):
+        env = {
+            "WXLOGIN_UPSTREAM": f"127.0.0.1:{grpc_port}",
+            "WXLOGIN_HTTP_LISTEN": "127.0.0.1:0",
+            "WXLOGIN_EDGE_LOGIN_RATE": "0",
+            **LONG_DRAIN,
+        }
+        async with workers("clients.edge", env) as running:
+            assert listening_pids(running.port, running.pids) == set(running.pids)
+            base = f"http://127.0.0.1:{running.port}"
+            user = f"edge-{uuid.uuid4().hex[:8]}"
+            connector = aiohttp.TCPConnector(force_close=True)  # a new connection per request
+            async with aiohttp.ClientSession(connector=connector) as http:
+                for _ in range(4):
+                    body = {"app_id": APP_A, "code": await emu.code(APP_A, user)}
+                    async with http.post(base + "/v1/login", json=body) as response:
+                        assert response.status == 200
+                running.process.send_signal(signal.SIGTERM)
+                for _ in range(300):  # until no worker is ready (each request: a new connection)
+                    statuses = []
+                    for _ in range(6):
+                        async with http.get(base + "/readyz") as response:
+                            statuses.append(response.status)
+                    if set(statuses) == {503}:
+                        break
+                    await asyncio.sleep(0.1)
+                assert set(statuses) == {503}
+                body = {"app_id": APP_A, "code": await emu.code(APP_A, user)}
+                async with http.post(base + "/v1/login", json=body) as response:
+                    assert response.status == 200  # still serving while draining
+            running.process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(running.process.wait(), 60)
+            assert running.process.stderr is not None
+            assert code == 0, (await running.process.stderr.read()).decode()[-3000:]
+            assert not any(alive(pid) for pid in running.pids)
+
+
+# -- what works across processes works across workers -------------------------------------------
+
+
+async def test_one_code_twenty_requests_across_workers(
+    service_env: dict[str, str], mongod: str, emu: Emulator
+) -> None:
+    """Idempotent login: 20 concurrent requests over both workers, 1 jscode2session, 1 answer."""
+    async with workers("service", service_env) as running, spread(running) as stubs:
+        user = f"twenty-workers-{datetime.now(UTC).timestamp()}"
+        code = await emu.code(APP_A, user)
+        await emu.fault(latency_ms=300, times=1)
+        before = await emu.requests_seen()
+        replies = await asyncio.gather(*(login(stubs[i % len(stubs)], code) for i in range(20)))
+        assert await emu.requests_seen() == before + 1
+        assert len({reply.SerializeToString() for reply in replies}) == 1
+
+
+async def test_the_cap_holds_across_workers(
+    service_env: dict[str, str], mongod: str, emu: Emulator
+) -> None:
+    """30 concurrent logins of one user over both workers, cap 5: exactly 5 live sessions."""
+    env = {**service_env, "WXLOGIN_MAX_SESSIONS_PER_USER": "5"}
+    async with workers("service", env) as running, spread(running) as stubs:
+        user = f"cap-workers-{datetime.now(UTC).timestamp()}"
+        codes = [await emu.code(APP_A, user) for _ in range(30)]
+        replies = await asyncio.gather(
+            *(login(stubs[i % len(stubs)], code) for i, code in enumerate(codes))
+        )
+        client = connect(mongod)
+        try:  # the workers use the default database name
+            assert await live_in_db(client["wxlogin"], replies[0].user.user_id) == 5
+        finally:
+            client.close()
