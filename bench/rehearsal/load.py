@@ -9,6 +9,7 @@ session cap, so a session that CheckSession no longer knows at the end was lost,
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -44,14 +45,18 @@ async def _http(
             ssl=stack.ssl_context,
             timeout=HTTP_TIMEOUT,
         ) as answer:
-            payload: Any = await answer.json(content_type=None)
-            if answer.status == 200:
+            text = await answer.text()
+            try:
+                payload: Any = json.loads(text)
+            except ValueError:
+                payload = None  # not the edge's JSON: the balancer's own error page
+            if answer.status == 200 and isinstance(payload, dict):
                 return Outcome(started, loop.time(), "OK", token=str(payload.get("token", "")))
-            reason = ""
+            reason = "" if isinstance(payload, dict) else "not from an edge"
             if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
                 reason = str(payload["error"].get("reason", ""))
             return Outcome(started, loop.time(), f"HTTP_{answer.status}", reason)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+    except (aiohttp.ClientError, TimeoutError) as error:
         return Outcome(started, loop.time(), "HTTP_ERROR", type(error).__name__)
 
 

@@ -15,7 +15,9 @@ class RehearsalPlan:
     pause: float  # seconds each worker rests between two rounds (keeps the load paced)
     warmup_seconds: float  # load before the first fault
     settle_seconds: float  # load kept after each fault once everything is back
-    drain_seconds: float  # WXLOGIN_DRAIN_SECONDS of every service and edge
+    # WXLOGIN_DRAIN_SECONDS of every service and edge: above the balancer's detection time
+    # (~1 s for the edges, ~2-3 s for the services with deploy/haproxy/haproxy.cfg).
+    drain_seconds: float
     restart_delay: float = 1.0  # RestartSec of the systemd units: the pause before a restart
     stop_limit: float = 40.0  # TimeoutStopSec of the units: SIGKILL after this
     up_limit: float = 60.0  # longest wait for a process to be back in rotation
@@ -25,7 +27,7 @@ class RehearsalPlan:
 
 
 FULL = RehearsalPlan(
-    "full", workers=8, pause=0.05, warmup_seconds=10.0, settle_seconds=10.0, drain_seconds=3.0
+    "full", workers=8, pause=0.05, warmup_seconds=10.0, settle_seconds=10.0, drain_seconds=5.0
 )
 SMOKE = RehearsalPlan(
     "smoke",
@@ -33,7 +35,7 @@ SMOKE = RehearsalPlan(
     pause=0.1,
     warmup_seconds=1.0,
     settle_seconds=1.0,
-    drain_seconds=1.5,
+    drain_seconds=3.0,
     up_limit=45.0,
     timeout=240.0,
 )
