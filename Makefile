@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# compat mode puts the checkout itself on sys.path, so the generated wxlogin/
 	@# package (made after this install) is importable from anywhere too.
-	$(PY) -m pip install --quiet -e '.[dev,bench]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[server,dev,bench]' --config-settings editable_mode=compat
 	touch $@
 
 proto: $(PROTO_OUT)

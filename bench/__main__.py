@@ -16,8 +16,8 @@ from pathlib import Path
 
 from bench import report
 from bench.loadgen import ToolMissing
-from bench.plan import FULL, SMOKE
-from bench.run import finish, new_workdir, run
+from bench.plan import FULL, SMOKE, Plan
+from bench.run import finish, new_workdir, run, run_workers
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -37,7 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true", help="also run each scenario once under py-spy"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, bodies)")
+    parser.add_argument(
+        "--only",
+        choices=["workers"],
+        help="run just this scenario and print its figures (no results written)",
+    )
     args = parser.parse_args(argv)
+    if args.only == "workers":
+        return _workers_only(SMOKE if args.smoke else FULL, keep=args.keep)
 
     plan = replace(SMOKE if args.smoke else FULL, profile=args.profile)
     out = args.out or (new_workdir() / "results" if args.smoke else RESULTS)
@@ -63,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{target['result']:<4}  {target['text']}  ({report.target_value(target)})")
     print(f"\nresults: {paths['json']}, {paths['markdown']}, {paths['chart']}")
     return finish(workdir, results["problems"], tool="bench", keep=args.keep)
+
+
+def _workers_only(plan: Plan, *, keep: bool) -> int:
+    """1 process against WXLOGIN_WORKERS=2 on the same load; prints the ratio."""
+    workdir = new_workdir()
+    try:
+        results = asyncio.run(run_workers(plan, workdir, _log))
+    except ToolMissing as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(report.workers_table(results["workers"]))
+    return finish(workdir, results["problems"], tool="bench", keep=keep)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,9 @@ def markdown(results: Mapping[str, Any]) -> str:
                 f"| {side['machine_busy_cores']:.2f} |"
             )
         lines.append(f"| speed-up | **{scaling['speedup']:.2f} x** | | | |")
+    workers = results.get("workers")
+    if workers:
+        lines += ["", workers_table(workers)]
     cores = meta["cores"]
     lines += [
         "",
@@ -197,6 +200,25 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
     _scaling_panel(scale, results.get("scaling"))
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def workers_table(workers: Mapping[str, Any]) -> str:
+    """The WXLOGIN_WORKERS=2 against one process table, with what it can and cannot show."""
+    lines = [
+        "| Workers: CheckSession, valid token, nothing pinned | req/s | p99 ms "
+        "| service CPU (cores) | machine busy (cores) |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for count, label in (("1", "1 process"), ("2", "WXLOGIN_WORKERS=2")):
+        side = workers[f"processes_{count}"]
+        cpu = " + ".join(f"{p['cpu_cores']:.2f}" for p in side["processes"].values())
+        lines.append(
+            f"| {label} | {side['rps']:,.0f} | {side['p99_ms']:.2f} | {cpu} "
+            f"| {side['machine_busy_cores']:.2f} |"
+        )
+    lines.append(f"| 2 workers / 1 process | **{workers['ratio']:.2f} x** | | | |")
+    lines += ["", f"What this can show: {workers['caveat']}."]
+    return "\n".join(lines)
 
 
 def _scaling_panel(axes: Any, scaling: Mapping[str, Any] | None) -> None:

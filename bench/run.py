@@ -292,6 +292,57 @@ async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
         return await scenarios.scaling(rig, setups[0], setups[1])
 
 
+# What the workers figure can show here, printed and kept with it.
+WORKERS_CAVEAT = (
+    "2 cores shared by h2load, mongod, the emulator and both workers: the ratio shows that "
+    "WXLOGIN_WORKERS=2 spreads one port's load over two processes and what the supervisor "
+    "costs (nothing on the request path); it cannot show the ~2x a machine with a core per "
+    "worker and the load generator elsewhere would, and under other engineers' load it is "
+    "noisy"
+)
+
+
+async def _workers(rig: Rig, first: DevStack) -> dict[str, Any]:
+    """A stack with WXLOGIN_WORKERS=2 (one parent, two workers) against `first` (one process)."""
+    async with _stack(
+        rig.workdir, 7, 1, edge=False, env={**os.environ, "WXLOGIN_WORKERS": "2"}
+    ) as second:
+        _adopt(rig, second, "@7")
+        parent = rig.processes["service-1@7"]
+        workers = sorted(procstat.child_pids(parent))
+        names = [f"worker-{index}@7" for index in range(len(workers))]
+        rig.processes.update(zip(names, workers, strict=True))
+        if len(workers) != 2:
+            rig.problems.append(f"workers: {len(workers)} worker processes, expected 2")
+        rig.arrange([])  # off the server core until measured
+        setups = []
+        for stack, measured in ((first, ["service-1"]), (second, names)):
+            emulator = Emulator(stack.emulator_url, rig.http)
+            async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+                token, _ = await login(channel, await emulator.code("bench-workers"))
+            request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+            setups.append((stack.grpc_target, request, measured))
+        result = await scenarios.scaling(rig, setups[0], setups[1], name="workers")
+    result["setup"] = "WXLOGIN_WORKERS=2 (one supervising parent) vs one process"
+    result["ratio"] = result.pop("speedup")
+    result["caveat"] = WORKERS_CAVEAT
+    rig.log(f"  workers: 2 workers / 1 process = {result['ratio']:.2f} x ({WORKERS_CAVEAT})")
+    return result
+
+
+async def run_workers(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Only the workers scenario (`python -m bench --only workers`): one stack, then two."""
+    loadgen.require_tools()
+    cores = Cores.detect()
+    async with AsyncExitStack() as exits:
+        http = await exits.enter_async_context(aiohttp.ClientSession())
+        rig = Rig(plan, cores, workdir, http, log)
+        stack = await exits.enter_async_context(_stack(workdir, 1, 1, edge=False))
+        _adopt(rig, stack)
+        result = await _workers(rig, stack)
+    return {"workers": result, "problems": rig.problems}
+
+
 async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Run every scenario of `plan`; the results, with targets and problems, for the report."""
     started = datetime.now(UTC)
@@ -369,6 +420,9 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         rig.arrange(["service-1"])
         log("scaling: 1 and 2 service processes")
         results["scaling"] = await _scaling(rig, stack)
+        rig.arrange(["service-1"])
+        log("workers: 1 process and WXLOGIN_WORKERS=2")
+        results["workers"] = await _workers(rig, stack)
     finished = datetime.now(UTC)
     results["meta"] = {
         "plan": asdict(plan),

@@ -22,8 +22,9 @@ Each of (*), (+) and (-) then runs side by side with a fresh plain stack's Check
 (`grpc_side_by_side`): what the callers file, the metrics and sliding expiry cost; (*)
 also side by side with the bare server, and a control pairs two fresh plain stacks.
 
-Plus two measurements without a baseline: service RSS over 200k CheckSession calls, and
-CheckSession throughput with one and with two service processes sharing the port.
+Plus three measurements without a baseline: service RSS over 200k CheckSession calls,
+CheckSession throughput with one and with two service processes sharing the port, and the
+same load on one process and on WXLOGIN_WORKERS=2 (one supervising parent, two workers).
 """
 
 from __future__ import annotations
@@ -527,6 +528,8 @@ async def scaling(
     rig: Rig,
     one: tuple[str, bytes, list[str]],
     two: tuple[str, bytes, list[str]],
+    *,
+    name: str = "scaling",
 ) -> dict[str, Any]:
     """CheckSession (valid token) on 1 and on 2 service processes, alternating rounds.
 
@@ -539,16 +542,16 @@ async def scaling(
     sides = {"1": Side(), "2": Side()}
     for _, _, names in setups.values():
         rig.unpin(names)
-    bodies = {side: body_file(rig, f"scaling-{side}", setup[1]) for side, setup in setups.items()}
+    bodies = {side: body_file(rig, f"{name}-{side}", setup[1]) for side, setup in setups.items()}
     for number in range(plan.rounds):
         for side in ("1", "2") if number % 2 == 0 else ("2", "1"):
             target, _, names = setups[side]
             url = f"http://{target}{AUTH}CheckSession"
-            label = f"scaling {side} round {number + 1}"
+            label = f"{name} {side} round {number + 1}"
             measured = await rig.measure(h2load(rig, url, bodies[side], pinned=False), names, label)
             sides[side].add(measured)
             rig.log(
-                f"  scaling        {side} process(es), round {number + 1}: "
+                f"  {name:<14} {side} process(es), round {number + 1}: "
                 f"{measured.result.rps:9.1f} req/s"
             )
     summaries = {side: sides[side].summary() for side in setups}
@@ -560,9 +563,9 @@ async def scaling(
         checks[side] = checked.as_json()
         summary = summaries[side]
         if summary["failed"] or summary["bad_status"] or not summary["requests"]:
-            rig.problems.append(f"scaling {side}: {summary['failed']} failed")
+            rig.problems.append(f"{name} {side}: {summary['failed']} failed")
         if checked.errors or not checked.sampled:
-            rig.problems.append(f"scaling {side} check: {checked.first_error}")
+            rig.problems.append(f"{name} {side} check: {checked.first_error}")
     one_rps = summaries["1"]["rps"]
     return {
         "scenario": "check_valid",

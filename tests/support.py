@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,12 +133,30 @@ async def child(
     *module_args: str, env: Mapping[str, str] | None = None, ready_timeout: float = 60.0
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """Run `python -m ...` and yield it with the port from its 'listening on' line."""
+    async with program(
+        [sys.executable, "-m", *module_args],
+        env={**os.environ, **QUICK_STOP, **(env or {})},
+        ready_timeout=ready_timeout,
+    ) as started:
+        yield started
+
+
+@asynccontextmanager
+async def program(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    ready_timeout: float = 60.0,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """Run `argv` with exactly `env` and yield it with the port from its 'listening on' line."""
     process = await asyncio.create_subprocess_exec(
         # A killed test run leaves no emulator or service behind.
-        *dies_with_parent([sys.executable, "-m", *module_args]),
+        *dies_with_parent(argv),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **QUICK_STOP, **(env or {})},
+        env=dict(env),
+        cwd=cwd,
     )
     try:
         assert process.stdout is not None
@@ -147,7 +165,7 @@ async def child(
         if match is None:
             assert process.stderr is not None
             err = await asyncio.wait_for(process.stderr.read(), 10)
-            raise AssertionError(f"{module_args} did not start: {line!r} {err[-2000:]!r}")
+            raise AssertionError(f"{argv} did not start: {line!r} {err[-2000:]!r}")
         yield process, int(match.group(1))
     finally:
         await stop_process(process)

@@ -74,6 +74,9 @@ def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
     assert results["rss"]["rss_after_first_mib"] > 0
     assert results["scaling"]["processes_1"]["rps"] > 0
     assert results["scaling"]["processes_2"]["rps"] > 0
+    assert results["workers"]["processes_1"]["rps"] > 0
+    assert len(results["workers"]["processes_2"]["processes"]) == 2  # both workers measured
+    assert results["workers"]["ratio"] > 0
     assert {target["result"] for target in results["targets"]} <= {"PASS", "MISS"}
     assert len(results["targets"]) == len(TARGETS)
     assert (tmp_path / "latest.md").read_text().count("|") > 50

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.edge.config import EdgeConfig
+from devtools.replica_set import ReplicaSet
 from runtime.config import ConfigError, parse_workers
 from runtime.serve import parse_drain_seconds
 from service.settings import Settings
@@ -29,7 +30,8 @@ from tests.process_support import (
     listening_pids,
     until,
 )
-from tests.support import APP_A, APPS_ENV, Emulator, child, run_to_exit
+from tests.support import APP_A, APPS_ENV, Emulator, check_reason, child, run_to_exit
+from tests.test_access_tokens import get_token, token_emulator
 from tests.test_session_caps import live_in_db
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
@@ -299,3 +301,51 @@ async def test_the_cap_holds_across_workers(
             assert await live_in_db(client["wxlogin"], replies[0].user.user_id) == 5
         finally:
             client.close()
+
+
+async def test_one_access_token_fetcher_across_workers(service_env: dict[str, str]) -> None:
+    """The access-token broker: 20 GetAccessToken over both workers, one stable_token, one token."""
+    app = "wxtok" + uuid.uuid4().hex[:12]
+    apps = {app: "secret-" + uuid.uuid4().hex[:8]}
+    async with token_emulator(apps) as wechat:
+        env = {
+            **service_env,
+            "WXLOGIN_APPS": f"{app}:{apps[app]}",
+            "WXLOGIN_WECHAT_API_BASE": wechat.base,
+        }
+        async with workers("service", env) as running, spread(running) as stubs:
+            replies = await asyncio.gather(
+                *(get_token(stubs[i % len(stubs)], app) for i in range(20))
+            )
+            assert len({reply.access_token for reply in replies}) == 1
+            assert await wechat.stable_token_requests() == 1
+
+
+async def test_a_revocation_reaches_every_worker(
+    replica_set: ReplicaSet, service_env: dict[str, str], emu: Emulator
+) -> None:
+    """On a replica set every worker watches revocations; revoked via one, refused by all.
+
+    The workers' session cache keeps its 5 s bound, so the poll below would pass
+    without the stream too; that each worker opened its stream is what the log
+    says (tests/test_revocation_stream.py proves the stream beats the bound).
+    """
+    env = {**service_env, "WXLOGIN_MONGODB_URI": replica_set.uri}
+    async with workers("service", env) as running:
+        async with spread(running) as stubs:
+            user = f"revoke-workers-{uuid.uuid4().hex[:8]}"
+            token = (await login(stubs[0], await emu.code(APP_A, user))).token
+            for stub in stubs:  # cached by every worker now
+                assert await check_reason(stub, token) == "OK"
+            await stubs[0].RevokeSession(auth_pb2.RevokeSessionRequest(token=token))
+            for stub in stubs:
+                for _ in range(200):
+                    if await check_reason(stub, token) != "OK":
+                        break
+                    await asyncio.sleep(0.05)
+                assert await check_reason(stub, token) == "SESSION_INVALID"
+        running.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running.process.wait(), 60) == 0
+        assert running.process.stderr is not None
+        log = (await running.process.stderr.read()).decode()
+    assert "no change streams" not in log
