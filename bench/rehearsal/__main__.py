@@ -58,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(results, indent=2) + "\n")
     # Only a full run into bench/results speaks for the README.
     if out.resolve() == RESULTS and not args.smoke:
-        note = args.note or f"`make rehearsal`, {results['meta']['started']}."
+        meta = results["meta"]
+        cpus = meta["machine"].get("cores", os.cpu_count())
+        note = args.note or (
+            f"Last full run: {meta['started']}, {meta['wall_seconds']} s, on {cpus} CPUs "
+            f"shared with other work (1-minute load {meta['load_average'][0]} before, "
+            f"{meta['load_average'][1]} after): figures taken under CPU contention."
+        )
         report.update_readme(README, results, note)
     print()
     print(report.markdown(results))

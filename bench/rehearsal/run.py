@@ -7,6 +7,7 @@ then every acknowledged token checked. Figures per phase, targets judged PASS or
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -174,6 +175,7 @@ async def rehearse(
 ) -> dict[str, Any]:
     """The whole rehearsal; its results (phases, verification, targets)."""
     started = datetime.now(UTC)
+    load_before = os.getloadavg()
     loop = asyncio.get_running_loop()
     clock = loop.time()
     log(f"wxlogin rehearsal ({plan.name}); work dir {workdir}")
@@ -199,6 +201,8 @@ async def rehearse(
             "started": started.isoformat(timespec="seconds"),
             "wall_seconds": round(loop.time() - clock, 1),
             "machine": machine({}),
+            # Other work on the machine: 1-minute load averages before and after the run.
+            "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         },
         "phases": phases,
         "verification": {k: verdict[k] for k in ("checked", "lost", "unverified", "failures")},
