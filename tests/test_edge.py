@@ -477,6 +477,9 @@ async def test_readyz_scope_edge_ignores_the_upstream(
     assert (await call(http, "GET", f"{fake_edge}/readyz"))[0] == 503
     status, body, _ = await call(http, "GET", f"{fake_edge}/readyz?scope=edge")
     assert (status, body) == (200, {"status": "ready"})
+    status, body, _ = await call(http, "GET", f"{fake_edge}/readyz?scope=all")
+    assert status == 400
+    assert_error(body, "INVALID_ARGUMENT", "BAD_REQUEST")
 
 
 async def test_readyz_against_the_real_service(edge: str, http: aiohttp.ClientSession) -> None:

@@ -357,10 +357,13 @@ async def readyz(request: web.Request) -> web.Response:
     MongoDB election) would take all edges out of rotation at once, and mini-programs would
     get the balancer's own error page instead of our JSON 503.
     """
+    scope = request.query.get("scope")
+    if scope not in (None, "edge"):
+        raise BadRequest("scope, when given, is edge")
     if request.app[DRAINING].is_set():
         # A load balancer stops sending new requests here; those it still sends are served.
         raise ServiceUnavailable("this edge is shutting down")
-    if request.query.get("scope") == "edge":
+    if scope == "edge":
         return web.json_response({"status": "ready"})
     if not await request.app[UPSTREAM].serving():
         raise ServiceUnavailable("wxlogin is not serving")
