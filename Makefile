@@ -93,7 +93,7 @@ bench-smoke: proto tools
 chaos: proto
 	$(PY) -m bench.chaos
 
-# The production rehearsal (README "Production, rehearsed"), ~3 min; needs haproxy and nghttp
+# The production rehearsal (README "End to end: the rehearsed set-up"), ~3 min; needs haproxy and nghttp
 # (`tools`). Its smoke runs in `make test`.
 rehearsal: proto tools
 	$(PY) -m bench.rehearsal

@@ -35,18 +35,23 @@ def parse_drain_seconds(env: Mapping[str, str]) -> float:
 
 
 class StopSignal(asyncio.Event):
-    """Set by the first SIGTERM or SIGINT; `again` by the next one (cut the drain short)."""
+    """Set by SIGTERM or SIGINT; `again` by a SIGINT once stopping (cut the drain short).
+
+    A repeated SIGTERM changes nothing: systemd's default stop signals every process
+    of the unit, and a worker parent forwards its own SIGTERM too, so a worker may
+    get two; neither may shorten the drain a load balancer relies on. Ctrl-C twice
+    (SIGINT) is a person who wants it to stop now.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.again = asyncio.Event()
 
-    def signalled(self) -> None:
-        """What a signal does: stop, or when already stopping, hurry."""
-        if self.is_set():
+    def signalled(self, signum: int = signal.SIGTERM) -> None:
+        """What a signal does: stop, or for a SIGINT while already stopping, hurry."""
+        if self.is_set() and signum == signal.SIGINT:
             self.again.set()
-        else:
-            self.set()
+        self.set()
 
 
 def stop_on_signals() -> StopSignal:
@@ -58,12 +63,12 @@ def stop_on_signals() -> StopSignal:
     stop = StopSignal()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.signalled)
+        loop.add_signal_handler(signum, stop.signalled, signum)
     return stop
 
 
 async def drain(seconds: float, stop: StopSignal) -> None:
-    """Go on serving for `seconds` (already reported as not ready); a second signal ends it.
+    """Go on serving for `seconds` (already reported as not ready); a SIGINT then ends it.
 
     Load balancers take a health check or two to notice a process going away;
     calls they send meanwhile are answered normally instead of refused.
@@ -73,7 +78,7 @@ async def drain(seconds: float, stop: StopSignal) -> None:
     log.info("draining: not ready, still serving for %gs", seconds)
     try:
         await asyncio.wait_for(stop.again.wait(), seconds)
-        log.info("second signal: drain cut short")
+        log.info("SIGINT while draining: drain cut short")
     except TimeoutError:
         pass
 

@@ -88,6 +88,8 @@ class Program:
     metrics: ListenAddress | None = None
     # Bounds the parent's wait for a worker to stop after SIGTERM.
     stop_seconds: float = 60.0
+    # Whether the program reloads on SIGHUP (the service: callers, certificates).
+    reloads: bool = False
 
 
 def check_workers(program: Program, workers: int) -> None:
@@ -99,6 +101,24 @@ def check_workers(program: Program, workers: int) -> None:
             f"{workers} workers need metrics ports {metrics.port}-{metrics.port + workers - 1} "
             f"({program.metrics_variable} + worker index), beyond 65535",
         )
+
+
+def worker_environment(
+    program: Program, index: int, listen: ListenAddress, env: Mapping[str, str]
+) -> dict[str, str]:
+    """Worker `index`'s environment: the shared address, its own metrics port, who its parent is."""
+    worker = {
+        **env,
+        INDEX_VARIABLE: str(index),
+        PARENT_VARIABLE: str(os.getpid()),
+        program.listen_variable: str(listen),
+    }
+    metrics = program.metrics
+    if metrics is not None and program.metrics_variable is not None:
+        # Port + index, so each worker's /metrics is scraped on its own; 0 stays 0 (any port).
+        port = metrics.port + index if metrics.port else 0
+        worker[program.metrics_variable] = str(ListenAddress(metrics.host, port))
+    return worker
 
 
 def supervise(program: Program, workers: int, env: Mapping[str, str]) -> int:
@@ -124,12 +144,13 @@ class _Supervisor:
         self._env = dict(env)
         self._workers = workers
         self._slots: list[_Slot] = []
+        self._readers: set[asyncio.Task[None]] = set()
         self._clean = True
 
     async def run(self) -> int:
         stop = stop_on_signals()
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
         self._slots = [_Slot(index, loop.create_future()) for index in range(self._workers)]
         with _Reservation(self._program.listen) as listen:
             tasks = [asyncio.create_task(self._keep(slot, listen, stop)) for slot in self._slots]
@@ -156,7 +177,7 @@ class _Supervisor:
             finally:
                 stop.set()
                 self._forward(signal.SIGTERM)
-                # A second signal to the parent cuts every worker's drain short too.
+                # A SIGINT to the stopping parent cuts every worker's drain short too.
                 again = asyncio.create_task(self._forward_again(stop))
                 await asyncio.gather(*tasks, return_exceptions=True)
                 again.cancel()
@@ -171,26 +192,20 @@ class _Supervisor:
 
     async def _forward_again(self, stop: StopSignal) -> None:
         await stop.again.wait()
-        self._forward(signal.SIGTERM)
+        self._forward(signal.SIGINT)
+
+    def _hangup(self) -> None:
+        if self._program.reloads:
+            log.info("SIGHUP: forwarded to every worker (reload)")
+            self._forward(signal.SIGHUP)
+        else:
+            log.info("SIGHUP: the %s has nothing to reload", self._program.name)
 
     def _forward(self, signum: int) -> None:
         for slot in self._slots:
             if slot.process is not None and slot.process.returncode is None:
                 with suppress(ProcessLookupError):
                     slot.process.send_signal(signum)
-
-    def _worker_env(self, slot: _Slot, listen: ListenAddress) -> dict[str, str]:
-        env = {
-            **self._env,
-            INDEX_VARIABLE: str(slot.index),
-            PARENT_VARIABLE: str(os.getpid()),
-            self._program.listen_variable: str(listen),
-        }
-        metrics = self._program.metrics
-        if metrics is not None and self._program.metrics_variable is not None:
-            port = metrics.port + slot.index if metrics.port else 0
-            env[self._program.metrics_variable] = str(ListenAddress(metrics.host, port))
-        return env
 
     async def _keep(self, slot: _Slot, listen: ListenAddress, stop: StopSignal) -> None:
         """Fill `slot` until the parent stops: start a worker, wait for it, replace it."""
@@ -202,7 +217,7 @@ class _Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 # Workers log to the parent's stderr directly: one stream, as with one process.
-                env=self._worker_env(slot, listen),
+                env=worker_environment(self._program, slot.index, listen, self._env),
             )
             if await self._await_ready(process, stop):
                 if not slot.ready.done():
@@ -258,7 +273,9 @@ class _Supervisor:
         if stop.is_set() or line.cancelled() or LISTENING.search(line.result()) is None:
             return False
         # Nothing else is written to stdout; drained all the same so a stray print never blocks.
-        asyncio.create_task(_drain(process.stdout))  # noqa: RUF006  # ends at the worker's EOF
+        reader = asyncio.create_task(_drain(process.stdout))
+        self._readers.add(reader)  # held: the loop keeps only a weak reference
+        reader.add_done_callback(self._readers.discard)
         return True
 
     async def _until_exit_or_stop(

@@ -50,6 +50,7 @@ def _program(settings: Settings) -> Program:
         metrics_variable="WXLOGIN_METRICS_LISTEN",
         metrics=settings.metrics_listen,
         stop_seconds=settings.drain_seconds + SHUTDOWN_GRACE,
+        reloads=True,
     )
 
 

@@ -15,7 +15,7 @@ from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
-# Longer than any test needs; the second SIGTERM ends it (runtime/serve.drain).
+# Longer than any test needs; a SIGINT while draining ends it (runtime/serve.drain).
 LONG_DRAIN = {"WXLOGIN_DRAIN_SECONDS": "120"}
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
@@ -32,7 +32,7 @@ async def health(port: int, service: str = "") -> int:
 async def test_the_service_reports_not_serving_and_still_answers_until_the_drain_ends(
     service_env: dict[str, str], emu: Emulator
 ) -> None:
-    """SIGTERM: NOT_SERVING for '' and AuthService, new connections still log in; then exit 0."""
+    """SIGTERM (twice): NOT_SERVING, new connections still log in; a SIGINT ends it; exit 0."""
     async with child("service", env={**service_env, **LONG_DRAIN}) as (process, port):
         assert await health(port) == SERVING
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as open_channel:
@@ -43,6 +43,7 @@ async def test_the_service_reports_not_serving_and_still_answers_until_the_drain
                     break
                 await asyncio.sleep(0.05)
             assert await health(port) == NOT_SERVING
+            process.send_signal(signal.SIGTERM)  # a repeated SIGTERM changes nothing
             assert await health(port, "wxlogin.v1.AuthService") == NOT_SERVING
             user = f"drain-{uuid.uuid4().hex[:8]}"
             code = await emu.code(APP_A, user)
@@ -56,12 +57,12 @@ async def test_the_service_reports_not_serving_and_still_answers_until_the_drain
             checked = await stub.CheckSession(auth_pb2.CheckSessionRequest(token=login.token))
             assert checked.user.user_id == login.user.user_id
         assert process.returncode is None  # still draining
-        process.send_signal(signal.SIGTERM)  # a second signal ends the drain
+        process.send_signal(signal.SIGINT)  # a SIGINT while draining ends it
         assert await asyncio.wait_for(process.wait(), 30) == 0
         assert process.stderr is not None
         log = (await process.stderr.read()).decode()
     assert "draining: not ready, still serving for 120s" in log
-    assert "second signal: drain cut short" in log
+    assert "SIGINT while draining: drain cut short" in log
 
 
 async def test_a_zero_drain_closes_at_once(service_env: dict[str, str]) -> None:
@@ -108,5 +109,5 @@ async def test_the_edge_answers_503_on_readyz_and_serves_until_the_drain_ends(
                 async with http.post(base + "/v1/login", json=body) as response:
                     assert response.status == 200
             assert process.returncode is None
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGINT)  # ends the drain
             assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -18,8 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.edge.config import EdgeConfig
 from devtools.replica_set import ReplicaSet
-from runtime.config import ConfigError, parse_workers
+from runtime.config import ConfigError, ListenAddress, parse_workers
 from runtime.serve import parse_drain_seconds
+from runtime.workers import Program, check_workers, is_worker, worker_environment
 from service.settings import Settings
 from service.store import connect
 from tests.conftest import b64_secret_key
@@ -30,14 +33,22 @@ from tests.process_support import (
     listening_pids,
     until,
 )
-from tests.support import APP_A, APPS_ENV, Emulator, check_reason, child, run_to_exit
+from tests.support import (
+    APP_A,
+    APPS_ENV,
+    Emulator,
+    caller_table,
+    check_reason,
+    child,
+    run_to_exit,
+)
 from tests.test_access_tokens import get_token, token_emulator
 from tests.test_session_caps import live_in_db
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
-# A drain that outlasts any test; a second SIGTERM ends it (runtime/serve.drain).
+# A drain that outlasts any test; a SIGINT while draining ends it (runtime/serve.drain).
 LONG_DRAIN = {"WXLOGIN_DRAIN_SECONDS": "120"}
 # Separate TCP connections per channel: grpc shares one between equal channels otherwise.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -198,10 +209,12 @@ async def test_a_killed_worker_is_replaced_and_logins_go_on(
 async def test_sigterm_drains_every_worker_together(
     service_env: dict[str, str], emu: Emulator
 ) -> None:
-    """SIGTERM to the parent: every worker NOT_SERVING yet answering; then all exit, parent 0."""
+    """SIGTERM to parent and workers: all NOT_SERVING yet answering; SIGINT: all exit, parent 0."""
     async with workers("service", {**service_env, **LONG_DRAIN}) as running:
         async with spread_channels(running) as channels:
             running.process.send_signal(signal.SIGTERM)
+            for pid in running.pids:  # as systemd's default stop does: every process of the unit
+                os.kill(pid, signal.SIGTERM)
             # The connections reach every worker: all of them must say NOT_SERVING.
             for _ in range(300):
                 statuses = {await health(channel) for channel in channels}
@@ -216,7 +229,7 @@ async def test_sigterm_drains_every_worker_together(
             assert (await fresh_login(running.port, emu, user)).token  # and new ones are accepted
             assert await fresh_health(running.port) == NOT_SERVING
         assert running.process.returncode is None
-        running.process.send_signal(signal.SIGTERM)  # forwarded: the drain ends
+        running.process.send_signal(signal.SIGINT)  # forwarded: the drain ends
         assert await asyncio.wait_for(running.process.wait(), 60) == 0
         assert not any(alive(pid) for pid in running.pids)
 
@@ -261,7 +274,7 @@ async def test_two_edge_workers_on_one_address(service_env: dict[str, str], emu:
                 body = {"app_id": APP_A, "code": await emu.code(APP_A, user)}
                 async with http.post(base + "/v1/login", json=body) as response:
                     assert response.status == 200  # still serving while draining
-            running.process.send_signal(signal.SIGTERM)
+            running.process.send_signal(signal.SIGINT)  # forwarded: the drain ends
             code = await asyncio.wait_for(running.process.wait(), 60)
             assert running.process.stderr is not None
             assert code == 0, (await running.process.stderr.read()).decode()[-3000:]
@@ -349,3 +362,88 @@ async def test_a_revocation_reaches_every_worker(
         assert running.process.stderr is not None
         log = (await running.process.stderr.read()).decode()
     assert "no change streams" not in log
+
+
+async def test_a_worker_that_keeps_failing_is_restarted_with_growing_delays(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A replacement that cannot start (callers file broken): 0.5 s, 1 s, ... then it is back."""
+    callers = tmp_path / "callers.toml"
+    good = caller_table("ops", "ops-caller-key-0123456789")
+    callers.write_text(good)
+    env = {**service_env, "WXLOGIN_CALLERS_FILE": str(callers)}
+    async with workers("service", env) as running:
+        assert running.process.stderr is not None
+        callers.write_text("[callers.ops\nbroken")  # what the next worker start reads
+        os.kill(running.pids[0], signal.SIGKILL)
+        delays: list[float] = []
+        for _ in range(2000):  # bounded: the parent's log lines until three restarts
+            line = await asyncio.wait_for(running.process.stderr.readline(), 60)
+            found = re.search(rb"replacing it(?: in ([\d.]+)s)?", line)
+            if found:
+                delays.append(float(found.group(1) or 0))
+                if len(delays) == 3:
+                    break
+        assert len(delays) == 3, delays
+        # The killed worker may have lived long enough to be replaced at once (0);
+        # its failing replacements wait longer each time.
+        assert delays == sorted(delays), delays
+        assert delays[-1] > delays[1] > 0, delays
+        callers.write_text(good)
+        for _ in range(2000):
+            line = await asyncio.wait_for(running.process.stderr.readline(), 60)
+            if b"is back" in line:
+                break
+        assert b"is back" in line
+        await until(
+            lambda: len(listening_pids(running.port, children_of(running.process.pid))) == 2
+        )
+
+
+def test_each_worker_gets_the_shared_address_and_its_own_metrics_port() -> None:
+    """Worker i: the parent's address, metrics on port + i (0 stays 0); past 65535 it fails."""
+    program = Program(
+        name="service",
+        argv=["x"],
+        listen_variable="WXLOGIN_GRPC_LISTEN",
+        listen=ListenAddress("127.0.0.1", 0),
+        metrics_variable="WXLOGIN_METRICS_LISTEN",
+        metrics=ListenAddress("0.0.0.0", 9100),
+    )
+    shared = ListenAddress("127.0.0.1", 50123)
+    envs = [worker_environment(program, index, shared, {"KEEP": "1"}) for index in range(3)]
+    assert [env["WXLOGIN_GRPC_LISTEN"] for env in envs] == ["127.0.0.1:50123"] * 3
+    assert [env["WXLOGIN_METRICS_LISTEN"] for env in envs] == [
+        "0.0.0.0:9100",
+        "0.0.0.0:9101",
+        "0.0.0.0:9102",
+    ]
+    assert all(env["KEEP"] == "1" and is_worker(env) for env in envs)
+    assert not is_worker({"KEEP": "1"})
+    any_port = replace(program, metrics=ListenAddress("127.0.0.1", 0))
+    assert worker_environment(any_port, 2, shared, {})["WXLOGIN_METRICS_LISTEN"] == "127.0.0.1:0"
+    check_workers(replace(program, metrics=ListenAddress("::1", 65535)), 1)
+    with pytest.raises(ConfigError) as caught:
+        check_workers(replace(program, metrics=ListenAddress("::1", 65535)), 2)
+    assert caught.value.variable == "WXLOGIN_WORKERS"
+
+
+async def test_every_worker_serves_its_own_metrics(service_env: dict[str, str]) -> None:
+    """WXLOGIN_METRICS_LISTEN with 2 workers: each logs its /metrics port and answers there."""
+    env = {**service_env, "WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"}
+    async with workers("service", env) as running:
+        assert running.process.stderr is not None
+        ports: set[int] = set()
+        for _ in range(2000):
+            line = await asyncio.wait_for(running.process.stderr.readline(), 60)
+            found = re.search(rb"metrics on port (\d+)", line)
+            if found:
+                ports.add(int(found.group(1)))
+                if len(ports) == 2:
+                    break
+        assert len(ports) == 2
+        async with aiohttp.ClientSession() as http:
+            for port in ports:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    assert response.status == 200
+                    assert "wxlogin_rpcs_total" in await response.text()
