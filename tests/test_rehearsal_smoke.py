@@ -46,7 +46,7 @@ def test_smoke_rehearsal_loses_no_token_and_leaves_nothing_running(tmp_path: Pat
         env={**os.environ, "PYTHONPATH": str(root)},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=420,
         check=False,
     )
     assert run.returncode == 0, f"rehearsal failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"

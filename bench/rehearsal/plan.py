@@ -37,5 +37,5 @@ SMOKE = RehearsalPlan(
     settle_seconds=1.0,
     drain_seconds=3.0,
     up_limit=45.0,
-    timeout=240.0,
+    timeout=360.0,
 )

@@ -51,6 +51,8 @@ class Rehearsal:
 
     def _begin(self, name: str) -> Phase:
         phase = Phase(name, self._loop.time())
+        if self.phases:  # phases follow each other without a gap: every call is in one
+            self.phases[-1].ended = phase.started
         self.phases.append(phase)
         self.log(f"phase {name}")
         return phase
@@ -190,6 +192,8 @@ async def rehearse(
                 await run.rolling_restart()
                 await run.kill_primary()
                 stopped = await load.stop()
+                # Rounds in flight when the last phase ended belong to it.
+                run.phases[-1].ended = stopped
             tokens = len(load.recorders["login"].succeeded())
             log(f"checking every acknowledged token ({tokens})")
             verdict = await verify_tokens(client, load.recorders["login"], stopped, since=since)
