@@ -130,12 +130,15 @@ async def _check_script(port: int) -> int:
 async def test_the_grpc_health_check_passes_a_serving_tls_service(
     start_service: ServiceFactory, tmp_path: Path
 ) -> None:
-    """The external check exits 0 on a TLS service that is SERVING, 1 once it is gone."""
+    """The external check exits 0 on a SERVING TLS service, 1 once it drains, 1 once it is gone."""
     tool("nghttp")
     ca = CertificateAuthority(tmp_path / "pki")
     server = ca.server()
     async with start_service(tls_cert=server.cert_file, tls_key=server.key_file) as running:
         assert await _check_script(running.port) == 0
+        # What SIGTERM does first: NOT_SERVING while the listener still accepts.
+        await running.health.enter_graceful_shutdown()
+        assert await _check_script(running.port) == 1
         port = running.port
     assert await _check_script(port) == 1
 
