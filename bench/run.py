@@ -279,17 +279,26 @@ async def _reference(rig: Rig, exits: AsyncExitStack) -> tuple[scenarios.GrpcSid
 
 async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
     """A second stack with two service processes on one port, compared with the first."""
-    async with _stack(rig.workdir, 2, 2, edge=False) as second:
-        _adopt(rig, second, "@2")
-        rig.arrange([])  # off the server core until measured
-        setups = []
-        for stack, names in ((first, ["service-1"]), (second, ["service-1@2", "service-2@2"])):
-            emulator = Emulator(stack.emulator_url, rig.http)
-            async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
-                token, _ = await login(channel, await emulator.code("bench-scaling"))
-            request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
-            setups.append((stack.grpc_target, request, names))
-        return await scenarios.scaling(rig, setups[0], setups[1])
+    try:
+        async with _stack(rig.workdir, 2, 2, edge=False) as second:
+            _adopt(rig, second, "@2")
+            rig.arrange([])  # off the server core until measured
+            setups = []
+            for stack, names in ((first, ["service-1"]), (second, ["service-1@2", "service-2@2"])):
+                emulator = Emulator(stack.emulator_url, rig.http)
+                async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+                    token, _ = await login(channel, await emulator.code("bench-scaling"))
+                request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+                setups.append((stack.grpc_target, request, names))
+            return await scenarios.scaling(rig, setups[0], setups[1])
+    finally:
+        _forget(rig, "@2")
+
+
+def _forget(rig: Rig, suffix: str) -> None:
+    """Gone with their stack: nothing may try to pin them any more."""
+    for name in [name for name in rig.processes if name.endswith(suffix)]:
+        del rig.processes[name]
 
 
 # What the workers figure can show here, printed and kept with it.
@@ -304,25 +313,27 @@ WORKERS_CAVEAT = (
 
 async def _workers(rig: Rig, first: DevStack) -> dict[str, Any]:
     """A stack with WXLOGIN_WORKERS=2 (one parent, two workers) against `first` (one process)."""
-    async with _stack(
-        rig.workdir, 7, 1, edge=False, env={**os.environ, "WXLOGIN_WORKERS": "2"}
-    ) as second:
-        _adopt(rig, second, "@7")
-        parent = rig.processes["service-1@7"]
-        workers = sorted(procstat.child_pids(parent))
-        names = [f"worker-{index}@7" for index in range(len(workers))]
-        rig.processes.update(zip(names, workers, strict=True))
-        if len(workers) != 2:
-            rig.problems.append(f"workers: {len(workers)} worker processes, expected 2")
-        rig.arrange([])  # off the server core until measured
-        setups = []
-        for stack, measured in ((first, ["service-1"]), (second, names)):
-            emulator = Emulator(stack.emulator_url, rig.http)
-            async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
-                token, _ = await login(channel, await emulator.code("bench-workers"))
-            request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
-            setups.append((stack.grpc_target, request, measured))
-        result = await scenarios.scaling(rig, setups[0], setups[1], name="workers")
+    try:
+        async with _stack(
+            rig.workdir, 8, 1, edge=False, env={**os.environ, "WXLOGIN_WORKERS": "2"}
+        ) as second:
+            _adopt(rig, second, "@8")
+            workers = sorted(procstat.child_pids(rig.processes["service-1@8"]))
+            names = [f"worker-{index}@8" for index in range(len(workers))]
+            rig.processes.update(zip(names, workers, strict=True))
+            if len(workers) != 2:
+                rig.problems.append(f"workers: {len(workers)} worker processes, expected 2")
+            rig.arrange([])  # off the server core until measured
+            setups = []
+            for stack, measured in ((first, ["service-1"]), (second, names)):
+                emulator = Emulator(stack.emulator_url, rig.http)
+                async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+                    token, _ = await login(channel, await emulator.code("bench-workers"))
+                request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+                setups.append((stack.grpc_target, request, measured))
+            result = await scenarios.scaling(rig, setups[0], setups[1], name="workers")
+    finally:
+        _forget(rig, "@8")
     result["setup"] = "WXLOGIN_WORKERS=2 (one supervising parent) vs one process"
     result["ratio"] = result.pop("speedup")
     result["caveat"] = WORKERS_CAVEAT
