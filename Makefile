@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := protos/wxlogin/v1/auth.proto
 PROTO_OUT := wxlogin/v1/auth_pb2.py wxlogin/v1/auth_pb2_grpc.py wxlogin/v1/auth_pb2.pyi wxlogin/v1/auth_pb2_grpc.pyi
 
-.PHONY: help venv tools buf node-client contract proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos dist clean
+.PHONY: help venv tools buf node-client contract proto run service emulator edge test pytest lint typecheck check demo bench bench-smoke chaos rehearsal dist clean
 
 help:
 	@echo "make run        start the dev stack (embedded mongod, WeChat emulator, service, edge)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench      benchmarks against bare baselines (results in bench/results/)"
 	@echo "make contract   buf lint + buf breaking on protos/ (against the merge base with main)"
 	@echo "make dist       the wheel: pip install 'dist/wxlogin-*.whl[server]' (README, Installing)"
+	@echo "make rehearsal  production rehearsal: replica set, 2 services, 2 edges, HAProxy, faults"
 	@echo "make lint | typecheck | check | proto | clean"
 
 venv: $(STAMP)
@@ -53,9 +54,9 @@ edge: proto
 	$(PY) -m clients.edge
 
 # The programs the suite drives besides Python: h2load and wrk (bench smoke),
-# node and npm (the mini-program sample's and the Node client's tests, buf).
-# Installed with apt when missing.
-TOOLS := h2load:nghttp2-client wrk:wrk node:nodejs npm:npm promtool:prometheus
+# node and npm (the mini-program sample's and the Node client's tests, buf), haproxy and
+# nghttp (its gRPC health check) for the rehearsal. Installed with apt when missing.
+TOOLS := h2load:nghttp2-client nghttp:nghttp2-client wrk:wrk node:nodejs npm:npm promtool:prometheus haproxy:haproxy
 tools:
 	@missing=""; for pair in $(TOOLS); do \
 	    command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
@@ -123,6 +124,11 @@ chaos: proto
 dist: $(STAMP)
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
 	@ls dist/*.whl
+
+# The production rehearsal (README "End to end: the rehearsed set-up"), ~3 min; needs haproxy and nghttp
+# (`tools`). Its smoke runs in `make test`.
+rehearsal: proto tools
+	$(PY) -m bench.rehearsal
 
 clean:
 	rm -rf $(VENV) wxlogin .mypy_cache .ruff_cache .pytest_cache node_modules clients/node/node_modules dist build

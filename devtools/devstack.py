@@ -93,11 +93,14 @@ def dev_secret_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def dev_caller_keys(data_dir: Path) -> dict[str, str]:
-    """The dev callers' keys, made once and kept (mode 0600) in the data dir."""
+def dev_caller_keys(
+    data_dir: Path, callers: Mapping[str, tuple[str, ...]] = DEV_CALLERS
+) -> dict[str, str]:
+    """The callers' keys (the dev callers unless told), made once and kept (mode 0600) in
+    the data dir."""
     path = data_dir / CALLER_KEYS_FILE
     keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    missing = [name for name in DEV_CALLERS if name not in keys]
+    missing = [name for name in callers if name not in keys]
     if missing:
         keys.update({name: secrets.token_urlsafe(24) for name in missing})
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -108,10 +111,13 @@ def dev_caller_keys(data_dir: Path) -> dict[str, str]:
     return keys
 
 
-def write_dev_callers(data_dir: Path, keys: Mapping[str, str]) -> Path:
-    """The callers file for `keys`: only their SHA-256 goes in it, as in production."""
+def write_dev_callers(
+    data_dir: Path, keys: Mapping[str, str], callers: Mapping[str, tuple[str, ...]] = DEV_CALLERS
+) -> Path:
+    """The callers file for `keys` (each may call its `callers` RPCs): only their SHA-256
+    goes in it, as in production."""
     lines = ["# Written by the dev stack at each start; keys are in " + CALLER_KEYS_FILE]
-    for name, rpcs in DEV_CALLERS.items():
+    for name, rpcs in callers.items():
         digest = hashlib.sha256(keys[name].encode()).hexdigest()
         lines += [
             "",

@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from devtools.devstack import DEV_APP
-from tests.pki import CertificateAuthority
+from devtools.pki import CertificateAuthority
 from tests.support import error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 

@@ -469,6 +469,19 @@ async def test_readyz_follows_the_upstream_health(
     assert_error(body, "UNAVAILABLE", "SERVICE_UNAVAILABLE")
 
 
+async def test_readyz_scope_edge_ignores_the_upstream(
+    fake: FakeUpstream, fake_edge: str, http: aiohttp.ClientSession
+) -> None:
+    """/readyz?scope=edge (the load balancer's check) stays 200 while wxlogin is not serving."""
+    await fake.set_serving(False)
+    assert (await call(http, "GET", f"{fake_edge}/readyz"))[0] == 503
+    status, body, _ = await call(http, "GET", f"{fake_edge}/readyz?scope=edge")
+    assert (status, body) == (200, {"status": "ready"})
+    status, body, _ = await call(http, "GET", f"{fake_edge}/readyz?scope=all")
+    assert status == 400
+    assert_error(body, "INVALID_ARGUMENT", "BAD_REQUEST")
+
+
 async def test_readyz_against_the_real_service(edge: str, http: aiohttp.ClientSession) -> None:
     """The real service's health service makes /readyz answer 200."""
     assert (await call(http, "GET", f"{edge}/readyz"))[0] == 200

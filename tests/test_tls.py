@@ -23,12 +23,12 @@ from clients import (
     connect,
 )
 from clients.edge.config import EdgeConfig
+from devtools.pki import CertificateAuthority, Issued
 from service.app import RunningService
 from service.settings import ConfigError, Settings
 from service.tls import ReloadingServerCredentials, TlsFiles
 from tests.conftest import ServiceFactory, b64_secret_key
 from tests.edge_support import running_edge
-from tests.pki import CertificateAuthority, Issued
 from tests.support import APP_A, APPS_ENV, Emulator
 
 BACKEND_ID = "spiffe://wxlogin.test/backend"

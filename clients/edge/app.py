@@ -397,10 +397,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: not draining, and wxlogin's health service says SERVING (readiness)."""
+    """GET /readyz: not draining, and wxlogin's health service says SERVING (readiness).
+
+    `?scope=edge` asks about this edge alone (not draining): what a load balancer in front
+    of several edges checks. The service tier behind them is the balancer's gRPC side's
+    concern; were every edge to follow it, one draining service answering a check (or a
+    MongoDB election) would take all edges out of rotation at once, and mini-programs would
+    get the balancer's own error page instead of our JSON 503.
+    """
+    scope = request.query.get("scope")
+    if scope not in (None, "edge"):
+        raise BadRequest("scope, when given, is edge")
     if request.app[DRAINING].is_set():
         # A load balancer stops sending new requests here; those it still sends are served.
         raise ServiceUnavailable("this edge is shutting down")
+    if scope == "edge":
+        return web.json_response({"status": "ready"})
     if not await request.app[UPSTREAM].serving():
         raise ServiceUnavailable("wxlogin is not serving")
     return web.json_response({"status": "ready"})
