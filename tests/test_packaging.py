@@ -134,7 +134,7 @@ def test_the_wheel_carries_the_generated_code_and_the_scripts(wheel: Path) -> No
         assert f"{script} = " in entry_points
     # The protobuf runtime the generated code checks for at import.
     assert "Requires-Dist: protobuf" in metadata
-    for package in ("motor", "cryptography", "prometheus_client"):
+    for package in ("pymongo", "cryptography", "prometheus_client"):
         assert f"Requires-Dist: {package}" in metadata
         assert any(
             line.startswith(f"Requires-Dist: {package}") and 'extra == "server"' in line
