@@ -26,7 +26,7 @@ from tests.support import APP_A, APPS_ENV, QUICK_STOP, program
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_ONLY = ("pymongo", "motor", "cryptography", "prometheus_client")
-SCRIPTS = ("wxlogin-service", "wxlogin-edge", "wxlogin-emulator")
+SCRIPTS = ("wxlogin-service", "wxlogin-edge", "wxlogin-emulator", "wxlogin-admin")
 # Building and installing: bounded, but pip may fetch from the package index.
 INSTALL_SECONDS = 600
 
@@ -218,6 +218,14 @@ async def test_the_installed_programs_log_a_user_in(
                 async with http.get(f"{edge}/v1/session", headers=headers) as response:
                     assert response.status == 200
                     assert (await response.json())["user"]["user_id"] == login["user"]["user_id"]
+            # The installed operator's CLI finds the user through the same configuration.
+            found = run(
+                [str(server_venv / "wxlogin-admin"), "--json", "user", login["user"]["user_id"]],
+                cwd=tmp_path,
+                env=service_env,
+            )
+            assert login["user"]["openid"] in found
+            assert login["token"] not in found
             # The client-only install calls the installed service directly.
             script = (
                 "import asyncio, sys\n"
