@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from clients import connect
+from devtools.pki import CertificateAuthority
 from tests.conftest import ServiceFactory
 from tests.edge_support import free_port_target, ttl_monitor_paused
-from tests.pki import CertificateAuthority
 from tests.support import APP_A, Emulator, caller_table
 from tests.test_auth_helpers import QUICK_RETRY, aiohttp_backend
 
