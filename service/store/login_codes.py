@@ -136,16 +136,17 @@ class LoginCodes:
             for replay, saved in answers
         ]
         for outcome in await asyncio.gather(*submitted, return_exceptions=True):
-            if isinstance(outcome, WxLoginError | QueueFull):
-                reason = getattr(outcome, "reason", "OVERLOADED")
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, Exception):
+                # Any failure, ours or the queue's (full, closed, a crashed batch): the
+                # sessions are stored and their logins answered all the same.
                 outage.log(
                     logging.WARNING,
                     "keep answers",
                     "keeping login answers for replays failed (%s)",
-                    reason,
+                    getattr(outcome, "reason", type(outcome).__name__),
                 )
-            elif isinstance(outcome, BaseException):
-                raise outcome
 
     def _seal(self, replay: LoginReplay, saved: SavedLogin) -> bytes:
         user = saved.session.user
