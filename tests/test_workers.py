@@ -313,7 +313,7 @@ async def test_the_cap_holds_across_workers(
         try:  # the workers use the default database name
             assert await live_in_db(client["wxlogin"], replies[0].user.user_id) == 5
         finally:
-            client.close()
+            await client.close()
 
 
 async def test_one_access_token_fetcher_across_workers(service_env: dict[str, str]) -> None:
