@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest_asyncio
@@ -16,7 +17,7 @@ from service.records import LoginReplay, NewLogin, SavedLogin, utc_now_ms
 from service.settings import Settings
 from service.store import Store
 from tests.conftest import SECRET_KEY
-from tests.support import APP_A
+from tests.test_store_logins import new_login as plain_login
 
 BATCH = 8
 
@@ -53,19 +54,9 @@ async def counted(settings: Settings) -> AsyncIterator[tuple[Store, Commands]]:
 
 
 def new_login(openid: str) -> NewLogin:
-    """A login of `openid` (app A) with a fresh token and code."""
-    now = utc_now_ms()
+    """A login of `openid` (app A) with a fresh token and code to keep its answer under."""
     token = secrets.token_urlsafe(32)
-    return NewLogin(
-        app_id=APP_A,
-        openid=openid,
-        unionid=None,
-        session_id=secrets.token_hex(32),
-        session_key="a2V5a2V5a2V5a2V5a2V5aw==",
-        created_at=now,
-        expires_at=now + timedelta(hours=1),
-        replay=LoginReplay(secrets.token_hex(32), "owner", token),
-    )
+    return replace(plain_login(openid), replay=LoginReplay(secrets.token_hex(32), "owner", token))
 
 
 async def log_in(store: Store, logins: list[NewLogin]) -> None:
