@@ -318,18 +318,23 @@ async def _scaling(rig: Rig, first: DevStack) -> dict[str, Any]:
         ) as second:
             _adopt(rig, second, "@2")
             rig.arrange([])  # off the server core until measured
-            setups = []
-            for stack, names in ((first, ["service-1"]), (second, ["service-1@2", "service-2@2"])):
-                emulator = Emulator(stack.emulator_url, rig.http)
-                async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
-                    token, _ = await login(
-                        channel, await emulator.code("bench-scaling"), _caller_key(stack)
-                    )
-                request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
-                setups.append((stack.grpc_target, request, names, _caller_key(stack)))
-            return await scenarios.scaling(rig, setups[0], setups[1])
+            one = await _check_setup(rig, first, "bench-scaling", ["service-1"])
+            two = await _check_setup(rig, second, "bench-scaling", ["service-1@2", "service-2@2"])
+            return await scenarios.scaling(rig, one, two)
     finally:
         _forget(rig, "@2")
+
+
+async def _check_setup(
+    rig: Rig, stack: DevStack, user: str, names: list[str]
+) -> tuple[str, bytes, list[str], tuple[tuple[str, str], ...]]:
+    """A CheckSession load on `stack` (a stack with callers): its target, a real session's
+    request, the processes measured and the caller key every call carries."""
+    emulator = Emulator(stack.emulator_url, rig.http)
+    async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+        token, _ = await login(channel, await emulator.code(user), _caller_key(stack))
+    request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
+    return stack.grpc_target, request, names, _caller_key(stack)
 
 
 def _forget(rig: Rig, suffix: str) -> None:
@@ -366,16 +371,9 @@ async def _workers(rig: Rig, first: DevStack) -> dict[str, Any]:
             if len(workers) != 2:
                 rig.problems.append(f"workers: {len(workers)} worker processes, expected 2")
             rig.arrange([])  # off the server core until measured
-            setups = []
-            for stack, measured in ((first, ["service-1"]), (second, names)):
-                emulator = Emulator(stack.emulator_url, rig.http)
-                async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
-                    token, _ = await login(
-                        channel, await emulator.code("bench-workers"), _caller_key(stack)
-                    )
-                request = auth_pb2.CheckSessionRequest(token=token).SerializeToString()
-                setups.append((stack.grpc_target, request, measured, _caller_key(stack)))
-            result = await scenarios.scaling(rig, setups[0], setups[1], name="workers")
+            one = await _check_setup(rig, first, "bench-workers", ["service-1"])
+            two = await _check_setup(rig, second, "bench-workers", names)
+            result = await scenarios.scaling(rig, one, two, name="workers")
     finally:
         _forget(rig, "@8")
     result["setup"] = "WXLOGIN_WORKERS=2 (one supervising parent) vs one process"

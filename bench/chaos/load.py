@@ -145,24 +145,16 @@ async def login_worker(
             await asyncio.sleep(PAUSE_AFTER_ERROR)
 
 
-class LoginLoad:
-    """`clients` login workers on one client, started and stopped together (`async with`:
-    workers still running when the block is left early are cancelled)."""
+class Workers:
+    """Load workers started and stopped together: the chaos run's and the rehearsal's.
 
-    def __init__(
-        self, client: WxLoginClient, emulator: Emulator, clients: int, prefix: str
-    ) -> None:
-        self.recorder = Recorder()
+    `async with`: workers still running when the block is left early are cancelled.
+    Subclasses fill `_tasks` (each worker watches `_stop`).
+    """
+
+    def __init__(self) -> None:
         self._stop = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(
-                login_worker(client, emulator, f"{prefix}-{n}", self._stop, self.recorder)
-            )
-            for n in range(clients)
-        ]
-
-    async def __aenter__(self) -> LoginLoad:
-        return self
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aexit__(self, *exc_info: object) -> None:
         for task in self._tasks:
@@ -175,6 +167,31 @@ class LoginLoad:
         await asyncio.gather(*self._tasks)
         return asyncio.get_running_loop().time()
 
+    def check_workers(self) -> None:
+        """A worker that crashed says why here."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                task.result()
+
+
+class LoginLoad(Workers):
+    """`clients` login workers on one client."""
+
+    def __init__(
+        self, client: WxLoginClient, emulator: Emulator, clients: int, prefix: str
+    ) -> None:
+        super().__init__()
+        self.recorder = Recorder()
+        self._tasks = [
+            asyncio.create_task(
+                login_worker(client, emulator, f"{prefix}-{n}", self._stop, self.recorder)
+            )
+            for n in range(clients)
+        ]
+
+    async def __aenter__(self) -> LoginLoad:
+        return self
+
     async def wait_for_ok_after(self, moment: float, most: float) -> float | None:
         """Until a login that ended after `moment` succeeded (at most `most` seconds); when."""
         loop = asyncio.get_running_loop()
@@ -183,9 +200,7 @@ class LoginLoad:
             found = self.recorder.first_ok_after(moment)
             if found is not None:
                 return found
-            for task in self._tasks:
-                if task.done():
-                    task.result()  # a worker that crashed says why here
+            self.check_workers()
             await asyncio.sleep(0.05)
         return self.recorder.first_ok_after(moment)
 

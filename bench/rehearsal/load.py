@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.chaos.load import Outcome, Recorder, timed
+from bench.chaos.load import Outcome, Recorder, Workers, timed
 from bench.rehearsal.plan import RehearsalPlan
 from bench.rehearsal.stack import Stack
 from clients import WxLoginClient
@@ -60,37 +60,19 @@ async def _http(
         return Outcome(started, loop.time(), "HTTP_ERROR", type(error).__name__)
 
 
-class MixedLoad:
-    """`plan.workers` users' rounds until stopped (`async with`: cancelled if left early)."""
+class MixedLoad(Workers):
+    """`plan.workers` users' rounds until stopped."""
 
     def __init__(self, client: WxLoginClient, stack: Stack, plan: RehearsalPlan) -> None:
+        super().__init__()
         self.recorders = {kind: Recorder() for kind in KINDS}
         self._client = client
         self._stack = stack
         self._plan = plan
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> MixedLoad:
         self._tasks = [asyncio.create_task(self._worker(n)) for n in range(self._plan.workers)]
         return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def stop(self) -> float:
-        """Let rounds in flight finish, start no new ones; when the last one ended."""
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        return asyncio.get_running_loop().time()
-
-    def check_workers(self) -> None:
-        """A worker that crashed says why here."""
-        for task in self._tasks:
-            if task.done() and not task.cancelled():
-                task.result()
 
     def _add(self, kind: str, outcome: Outcome) -> Outcome:
         self.recorders[kind].add(outcome)
