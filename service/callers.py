@@ -27,7 +27,7 @@ stays open to everyone.
 
 Authorising an app needs the app, which for token RPCs is known only once the
 token is resolved: the guard authenticates the caller and checks the RPC,
-and the servicer runs the call as that caller (`ActingAs`: a context variable), so
+and the servicer runs the call as that caller (`act_as`: a context variable), so
 the domain (service/sessions.py) can call `authorize_app` once it knows the app.
 """
 
@@ -39,7 +39,7 @@ import logging
 import re
 import tomllib
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,20 +329,15 @@ class CallerGuard:
         return caller
 
 
-class ActingAs:
-    """Run the rest of a call as `caller`: `current_caller` and `authorize_app` see it.
+def act_as(caller: Caller) -> Token[Caller | None]:
+    """Run the rest of the call as `caller`: `current_caller` and `authorize_app` see it.
 
-    A class, not a @contextmanager: entered on every call, where the generator
-    cost 1.7 us and this costs ~0.5 us.
+    Pass what it returns to `end_acting` when the call ends. Two functions, not a
+    context manager: entered on every call, inside the servicer's one wrapper.
     """
+    return _CURRENT.set(caller)
 
-    __slots__ = ("_caller", "_token")
 
-    def __init__(self, caller: Caller) -> None:
-        self._caller = caller
-
-    def __enter__(self) -> None:
-        self._token = _CURRENT.set(self._caller)
-
-    def __exit__(self, *exc_info: object) -> None:
-        _CURRENT.reset(self._token)
+def end_acting(token: Token[Caller | None]) -> None:
+    """The call started with `act_as` is over."""
+    _CURRENT.reset(token)

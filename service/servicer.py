@@ -19,7 +19,7 @@ from runtime import log_context
 from runtime.ratelimited_log import RateLimitedLog
 from service.access_tokens import AccessTokens
 from service.cache import CACHE_ENTRIES
-from service.callers import ActingAs, CallerGuard, Metadata
+from service.callers import CallerGuard, act_as, end_acting
 from service.errors import BadRequest, InternalError, WxLoginError, to_grpc_status
 from service.limits import InFlightLimits
 from service.metrics import Metrics
@@ -50,6 +50,10 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     Also what every call shares, refused ones included: its request id (and
     caller) on each of its log lines (runtime/log_context.py), the caller check
     (service/callers.py), and its count and latency in the metrics.
+
+    One coroutine per call around the handler's: each nested one (the wrapper used
+    to await an admission step, which awaited an answer step) is a coroutine object,
+    a frame and a send/return more on every CheckSession.
     """
     name = handler.__name__
 
@@ -64,84 +68,42 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         metadata = tuple(context.invocation_metadata() or ())  # already a tuple: no copy
         call = log_context.begin(self._request_ids.of_call(metadata))
         outcome = _CANCELLED
+        acting = None
         try:
-            answer = await _admitted(self, request, context, metadata)
-            if not isinstance(answer, WxLoginError):
-                outcome = _OK
-                return answer
-            status = to_grpc_status(answer)
-            outcome = (status.code.name, answer.reason)
+            error = None
+            if self._guard is not None:
+                # With callers configured, the caller first: an unknown one learns nothing more.
+                try:
+                    acting = act_as(self._guard.admit(name, context, metadata))
+                except WxLoginError as refused:
+                    error = refused  # logged by the guard: rate-limited, with the peer
+            if error is None:
+                if isinstance(request, Undecodable):
+                    error = self._undecodable(name, request)
+                else:
+                    try:
+                        # Past the bound for its kind of work, a call is refused at once
+                        # (OVERLOADED) instead of queueing behind a stalled dependency.
+                        with self._limits.slot(name):
+                            answer = await handler(self, request, context)
+                        outcome = _OK
+                        return answer
+                    except asyncio.CancelledError:
+                        raise  # the caller went away or the deadline passed
+                    except Exception as failure:
+                        error = self._failed(name, failure)
+            status = to_grpc_status(error)
+            outcome = (status.code.name, error.reason)
             await context.abort(status.code, status.details, status.trailing_metadata)
         finally:
             if self._metrics is not None:
                 # The caller as admitted (or refused, when known): "" without one.
                 caller = getattr(log_context.current(), "caller", None) or ""
                 self._metrics.rpc(name, *outcome, caller, time.perf_counter() - started)
+            if acting is not None:
+                end_acting(acting)
             log_context.end(call)
-
-    async def _admitted(
-        self: AuthServicer,
-        request: Req | Undecodable,
-        context: grpc.aio.ServicerContext[Req, Resp],
-        metadata: Metadata,
-    ) -> Resp | WxLoginError:
-        """With callers configured, the call's caller first: an unknown one learns nothing more."""
-        if self._guard is None:
-            return await _answer(self, request, context)
-        try:
-            caller = self._guard.admit(name, context, metadata)
-        except WxLoginError as refused:
-            return refused  # logged by the guard: rate-limited, with the peer
-        with ActingAs(caller):
-            return await _answer(self, request, context)
-
-    async def _answer(
-        self: AuthServicer,
-        request: Req | Undecodable,
-        context: grpc.aio.ServicerContext[Req, Resp],
-    ) -> Resp | WxLoginError:
-        """The response, or the error to answer with."""
-        if isinstance(request, Undecodable):
-            # Junk can come by the thousand: one line per cause per interval.
-            kind = request.error_kind
-            self._quiet.log(
-                logging.WARNING,
-                f"{name}: undecodable {kind}",
-                "%s: request bytes are not a %s (%s); answered BAD_REQUEST",
-                name,
-                request.message_type,
-                kind,
-            )
-            error: WxLoginError = BadRequest(f"the request is not a valid {request.message_type}")
-        else:
-            try:
-                # Past the bound for its kind of work, a call is refused at once
-                # (OVERLOADED) instead of queueing behind a stalled dependency.
-                with self._limits.slot(name):
-                    return await handler(self, request, context)
-            except WxLoginError as known:
-                error = known
-                # Per call, a failure is counted (metrics) and answered with its reason;
-                # a line each would let a flood of bad tokens flood the log (and cost
-                # ~10 % of an unknown-token CheckSession): one per reason a minute.
-                self._quiet.log(
-                    logging.INFO, f"{name} {error.reason}", "%s failed: %s", name, error.reason
-                )
-            except (ValueError, TypeError) as malformed:
-                # e.g. a Struct that can't hold the decrypted JSON; never a traceback,
-                # and never the exception's text (it may quote the input).
-                kind = type(malformed).__name__
-                self._quiet.log(
-                    logging.WARNING, f"{name}: {kind}", "%s rejected input: %s", name, kind
-                )
-                error = BadRequest("request could not be processed")
-            except asyncio.CancelledError:
-                raise  # the caller went away or the deadline passed
-            except Exception as crash:
-                cause = f"{name} crashed: {type(crash).__name__}"
-                self._quiet.log(logging.ERROR, cause, "%s crashed", name, exc_info=True)
-                error = InternalError()
-        return error
+        raise AssertionError("abort() returns only by raising")  # pragma: no cover
 
     return wrapper
 
@@ -400,6 +362,40 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.ResetSessionKeyResponse:
         await self._wechat_bound().session_keys.reset(request.token, deadline=_deadline(context))
         return auth_pb2.ResetSessionKeyResponse()
+
+    def _undecodable(self, name: str, request: Undecodable) -> WxLoginError:
+        """BAD_REQUEST for bytes that are not the request message (rpc_handlers.py)."""
+        # Junk can come by the thousand: one line per cause per interval.
+        kind = request.error_kind
+        self._quiet.log(
+            logging.WARNING,
+            f"{name}: undecodable {kind}",
+            "%s: request bytes are not a %s (%s); answered BAD_REQUEST",
+            name,
+            request.message_type,
+            kind,
+        )
+        return BadRequest(f"the request is not a valid {request.message_type}")
+
+    def _failed(self, name: str, failure: Exception) -> WxLoginError:
+        """The error to answer a handler's failure with, logged at most once a minute per cause."""
+        if isinstance(failure, WxLoginError):
+            # Per call, a failure is counted (metrics) and answered with its reason;
+            # a line each would let a flood of bad tokens flood the log (and cost
+            # ~10 % of an unknown-token CheckSession): one per reason a minute.
+            self._quiet.log(
+                logging.INFO, f"{name} {failure.reason}", "%s failed: %s", name, failure.reason
+            )
+            return failure
+        if isinstance(failure, ValueError | TypeError):
+            # e.g. a Struct that can't hold the decrypted JSON; never a traceback,
+            # and never the exception's text (it may quote the input).
+            kind = type(failure).__name__
+            self._quiet.log(logging.WARNING, f"{name}: {kind}", "%s rejected input: %s", name, kind)
+            return BadRequest("request could not be processed")
+        cause = f"{name} crashed: {type(failure).__name__}"
+        self._quiet.log(logging.ERROR, cause, "%s crashed", name, exc_info=failure)
+        return InternalError()
 
     def _wechat_bound(self) -> WeChatBound:
         if self._token_rpcs is None:
