@@ -252,8 +252,12 @@ class Sessions:
         log.info("login user_id=%s app_id=%s new_user=%s", user.user_id, app_id, saved.new_user)
         return LoginResult(token, saved.session.expires_at, user, saved.new_user)
 
-    async def check(self, token: str, *, deadline: float | None = None) -> SessionRecord:
-        """The live session behind a token, or SessionInvalid / SessionExpired."""
+    def check_in_memory(self, token: str) -> SessionRecord | None:
+        """`check`, when memory can answer: the live session, or its error; None: ask `check`.
+
+        Synchronous, so that CheckSession answered from the cache (the hot path)
+        runs no coroutine of its own.
+        """
         if not token:
             raise BadRequest("token is empty")
         if not crypto.is_well_formed_token(token):
@@ -264,11 +268,25 @@ class Sessions:
         if record is None:
             if session_id in self._unknown:
                 raise SessionInvalid()
-            record = await self._store.find_session(session_id, deadline=deadline)
-            if record is None:
-                self._unknown.add(session_id)
-                raise SessionInvalid()
-            self._cache.put(record)
+            return None
+        return self._live(record, now)
+
+    async def check(self, token: str, *, deadline: float | None = None) -> SessionRecord:
+        """The live session behind a token, or SessionInvalid / SessionExpired."""
+        return self.check_in_memory(token) or await self.check_stored(token, deadline=deadline)
+
+    async def check_stored(self, token: str, *, deadline: float | None = None) -> SessionRecord:
+        """`check` for a token `check_in_memory` could not answer (it said None): MongoDB."""
+        session_id = crypto.token_id(token)
+        record = await self._store.find_session(session_id, deadline=deadline)
+        if record is None:
+            self._unknown.add(session_id)
+            raise SessionInvalid()
+        self._cache.put(record)
+        return self._live(record, self._now())
+
+    def _live(self, record: SessionRecord, now: datetime) -> SessionRecord:
+        """The session if it is live for this caller now, renewed when due."""
         log_context.note_user(record.user.user_id)
         # Only now is the app known: a backend of app A never sees app B's sessions.
         authorize_app(record.user.app_id)
