@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
@@ -127,10 +127,18 @@ def _user(user: UserRecord) -> auth_pb2.User:
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    # Built from its fields: Timestamp.FromDatetime is protobuf's pure Python (5.5 us,
+    # against 1.7 us here), and every Login, DecryptUserData and GetPhoneNumber answer has one.
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # as FromDatetime takes a naive one: UTC
+    since = moment - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 class CheckAnswers:
