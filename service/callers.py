@@ -112,32 +112,20 @@ class Callers:
         self._identities = {
             identity: caller for caller in self.callers for identity in caller.identities
         }
-        # Keys already found valid (by_key): at most one entry per stored key.
-        self._verified: dict[str, Caller] = {}
 
     def by_key(self, key: str) -> Caller | None:
-        """The caller whose key this is, or None.
+        """The caller whose key this is, or None; the same work whichever caller, if any.
 
-        A key is hashed and compared with every stored hash in constant time the
-        first time it is presented; once it has matched, later calls find it in
-        `_verified` (a SHA-256 is ~1 us, ~2 % of a cached CheckSession, on every call
-        of every backend). That dict holds only keys that matched, so it is as small as
-        the callers file and cannot be grown by callers with wrong keys; it reveals
-        by its timing only what the answer says anyway (that a key is valid), not how
-        close a wrong key came. A reloaded file is a new `Callers`, with no memory of
-        keys it may have dropped.
+        Not remembered once matched (that would save a SHA-256, ~1 us a call): the
+        process would then hold every valid key in the clear for its lifetime, where
+        it holds only their hashes, like the callers file.
         """
-        caller = self._verified.get(key)
-        if caller is not None:
-            return caller
         digest = hashlib.sha256(key.encode()).digest()
         found: Caller | None = None
-        # No early exit and no lookup by digest: every stored hash is compared, in constant time.
+        # No early exit and no dict lookup: every stored hash is compared, in constant time.
         for stored, caller in self._keys:
             if hmac.compare_digest(stored, digest) and found is None:
                 found = caller
-        if found is not None:
-            self._verified[key] = found
         return found
 
     def by_identity(self, identities: Iterable[str]) -> Caller | None:

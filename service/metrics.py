@@ -33,6 +33,8 @@ when Prometheus scrapes, by a collector, at no cost per call.
 
 from __future__ import annotations
 
+import math
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from itertools import accumulate
@@ -46,6 +48,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # CheckSession is answered in well under a millisecond from the cache and in a
 # few from MongoDB; Login waits ~100 ms on WeChat and up to its 10 s deadline.
@@ -178,23 +181,32 @@ class RpcSeries(Collector):
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
-        # As prometheus_client prints them ("0.0005", "10.0"): plain floats in these ranges.
-        self._labels = [repr(float(bound)) for bound in bounds] + ["+Inf"]
-        # (method, code, reason, caller) -> RPCs answered so.
+        if list(bounds) != sorted(set(bounds)) or not all(0 < b < math.inf for b in bounds):
+            raise ValueError("bucket bounds must be finite, positive and increasing")
+        self._labels = [floatToGoString(bound) for bound in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        # (method, code, reason, caller) -> RPCs answered so, and since when (Unix time).
         self._counts: dict[tuple[str, str, str, str], int] = {}
+        self._created: dict[tuple[str, str, str, str], float] = {}
         # method -> a count per bucket (not cumulative; the last one is +Inf), then the sum.
         self._latency: dict[str, list[float]] = {}
 
     def declare(self, method: str) -> None:
         """Show `method` from the start, with OK at 0 and an empty histogram."""
-        self._counts.setdefault((method, "OK", "", ""), 0)
+        key = (method, "OK", "", "")
+        if key not in self._counts:
+            self._created[key] = time.time()
+            self._counts[key] = 0
         self._latency.setdefault(method, [0.0] * (len(self._bounds) + 2))
 
     def add(self, method: str, code: str, reason: str, caller: str, seconds: float) -> None:
         """One RPC answered."""
         key = (method, code, reason, caller)
         counts = self._counts
-        counts[key] = counts.get(key, 0) + 1
+        count = counts.get(key)
+        if count is None:  # a new label set: once per set
+            self._created[key] = time.time()
+            count = 0
+        counts[key] = count + 1
         latency = self._latency.get(method)
         if latency is None:
             latency = self._latency[method] = [0.0] * (len(self._bounds) + 2)
@@ -202,18 +214,14 @@ class RpcSeries(Collector):
         latency[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        rpcs = CounterMetricFamily(
-            "wxlogin_rpcs",
-            "RPCs answered, by method, gRPC code, wxlogin reason and caller",
-            labels=["method", "code", "reason", "caller"],
-        )
-        for key, count in list(self._counts.items()):
-            rpcs.add_metric(list(key), count)
+        # dict.copy() copies in C, running no Python code between items (list(d.items())
+        # could, through the garbage collector), so the loop cannot change it meanwhile.
+        counts, created = self._counts.copy(), self._created.copy()
+        rpcs, seconds = self._families()
+        for key, count in counts.items():
+            rpcs.add_metric(list(key), count, created=created.get(key))
         yield rpcs
-        seconds = HistogramMetricFamily(
-            "wxlogin_rpc_duration_seconds", "Time to answer an RPC", labels=["method"]
-        )
-        for method, latency in list(self._latency.items()):
+        for method, latency in self._latency.copy().items():
             snapshot = list(latency)
             cumulative = list(accumulate(snapshot[:-1]))
             seconds.add_metric(
@@ -222,7 +230,18 @@ class RpcSeries(Collector):
         yield seconds
 
     def describe(self) -> Iterator[Metric]:
-        return iter(())  # registering must not call collect()
+        # The names, without samples: the registry knows them (clashes, ?name[]= scrapes).
+        yield from self._families()
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+        return CounterMetricFamily(
+            "wxlogin_rpcs",
+            "RPCs answered, by method, gRPC code, wxlogin reason and caller",
+            labels=["method", "code", "reason", "caller"],
+        ), HistogramMetricFamily(
+            "wxlogin_rpc_duration_seconds", "Time to answer an RPC", labels=["method"]
+        )
 
 
 class StateCollector(Collector):

@@ -96,13 +96,15 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             outcome = (status.code.name, error.reason)
             await context.abort(status.code, status.details, status.trailing_metadata)
         finally:
-            if self._metrics is not None:
-                # The caller as admitted (or refused, when known): "" without one.
-                caller = getattr(log_context.current(), "caller", None) or ""
-                self._metrics.rpc(name, *outcome, caller, time.perf_counter() - started)
             if acting is not None:
                 end_acting(acting)
-            log_context.end(call)
+            try:
+                if self._metrics is not None:
+                    # The caller as admitted (or refused, when known): "" without one.
+                    caller = getattr(log_context.current(), "caller", None) or ""
+                    self._metrics.rpc(name, *outcome, caller, time.perf_counter() - started)
+            finally:
+                log_context.end(call)
         raise AssertionError("abort() returns only by raising")  # pragma: no cover
 
     return wrapper

@@ -253,7 +253,7 @@ class Sessions:
         return LoginResult(token, saved.session.expires_at, user, saved.new_user)
 
     def check_in_memory(self, token: str) -> SessionRecord | None:
-        """`check`, when memory can answer: the live session, or its error; None: ask `check`.
+        """`check` when memory can answer: the live session or its error; None: `check_stored`.
 
         Synchronous, so that CheckSession answered from the cache (the hot path)
         runs no coroutine of its own.
@@ -276,7 +276,11 @@ class Sessions:
         return self.check_in_memory(token) or await self.check_stored(token, deadline=deadline)
 
     async def check_stored(self, token: str, *, deadline: float | None = None) -> SessionRecord:
-        """`check` for a token `check_in_memory` could not answer (it said None): MongoDB."""
+        """`check` for a token `check_in_memory` could not answer (it said None): MongoDB.
+
+        Only after `check_in_memory` (which checked the token's shape). Expiry is
+        decided at the time of the answer, after the read.
+        """
         session_id = crypto.token_id(token)
         record = await self._store.find_session(session_id, deadline=deadline)
         if record is None:
