@@ -400,9 +400,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 logging.INFO, f"{name} {failure.reason}", "%s failed: %s", name, failure.reason
             )
             return failure
-        if isinstance(failure, ValueError | TypeError):
-            # e.g. a Struct that can't hold the decrypted JSON; never a traceback,
-            # and never the exception's text (it may quote the input).
+        if isinstance(failure, ValueError | TypeError | OverflowError):
+            # e.g. a Struct that can't hold the decrypted JSON (an integer beyond a
+            # double: OverflowError); never a traceback, and never the exception's text
+            # (it may quote the input).
             kind = type(failure).__name__
             self._quiet.log(logging.WARNING, f"{name}: {kind}", "%s rejected input: %s", name, kind)
             return BadRequest("request could not be processed")

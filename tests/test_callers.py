@@ -292,7 +292,7 @@ async def test_reload_takes_a_new_file_and_keeps_the_old_one_if_bad(
     async with guarded(start_service, callers_file) as (running, stub, _):
         token = await login(stub, emu, APP_A, "ray")
         check = auth_pb2.CheckSessionRequest(token=token)
-        # Accepted (and remembered as valid, Callers.by_key) before the reload, which must forget it.
+        # Accepted before the reload; refused after it: nothing of the old file lingers.
         await stub.CheckSession(check, metadata=as_caller("backend-a"))
         await asyncio.to_thread(callers_file.write_text, callers_toml(new_keys))
         running.reload()
