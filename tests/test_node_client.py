@@ -32,11 +32,12 @@ PACKAGE = ROOT / "clients" / "node"
 KEYS = {
     "node-backend": "node-backend-key-0123456789",
     "login-only": "node-login-only-key-012345",
+    "token-reader": "node-token-reader-key-0123",
 }
 # Well-formed, in no callers file.
 UNKNOWN_KEY = "node-unknown-key-0123456789"
 # The least number of Node tests (test/*.test.js) that must have run and passed.
-MIN_NODE_TESTS = 20
+MIN_NODE_TESTS = 27
 
 
 def tool(name: str) -> str:
@@ -97,6 +98,8 @@ async def test_node_client_and_middleware_against_the_live_service(
     callers.write_text(
         caller_table("node_backend", KEYS["node-backend"])
         + caller_table("login_only", KEYS["login-only"], rpcs='["Login"]', apps=f'["{APP_A}"]')
+        # GetAccessToken is granted only by name (never by "*"): a backend that may fetch it.
+        + caller_table("token_reader", KEYS["token-reader"], rpcs='["GetAccessToken"]')
     )
     ca = CertificateAuthority(tmp_path / "pki")
     other_ca = CertificateAuthority(tmp_path / "other", "some other CA")
@@ -119,6 +122,7 @@ async def test_node_client_and_middleware_against_the_live_service(
             "TARGET": target,
             "CALLER_KEY": KEYS["node-backend"],
             "LOGIN_ONLY_KEY": KEYS["login-only"],
+            "TOKEN_READER_KEY": KEYS["token-reader"],
             "BAD_KEY": UNKNOWN_KEY,
             "SHORT_TTL_TARGET": f"127.0.0.1:{short.port}",
             "TLS_TARGET": f"127.0.0.1:{mtls.port}",

@@ -61,6 +61,24 @@ export interface Deadlines {
   decryptUserData: number;
   revokeSession: number;
   revokeAllSessions: number;
+  getPhoneNumber: number;
+  getAccessToken: number;
+  checkSessionKey: number;
+  resetSessionKey: number;
+}
+
+/** The session user's phone number (from a getPhoneNumber button's code) and its watermark time. */
+export interface PhoneNumber {
+  phoneNumber: string;
+  purePhoneNumber: string;
+  countryCode: string;
+  watermarkTime: Date | null;
+}
+
+/** The app's WeChat access_token: the same one for every backend until it expires. */
+export interface AccessToken {
+  accessToken: string;
+  expiresAt: Date | null;
 }
 
 /** Retries of idempotent calls on UNAVAILABLE: full-jitter exponential backoff. */
@@ -107,6 +125,14 @@ export declare class WxLoginClient {
   revokeSession(token: string, options?: CallOptions): Promise<void>;
   /** Log a user out everywhere (by one of their live tokens, or by userId with that grant); how many ended. */
   revokeAllSessions(who: { token: string; userId?: never } | { userId: string; token?: never }, options?: CallOptions): Promise<number>;
+  /** The session user's phone number for a getPhoneNumber button's code (single use; never retried). */
+  getPhoneNumber(token: string, phoneCode: string, options?: CallOptions): Promise<PhoneNumber>;
+  /** The app's access_token; pass the token WeChat refused (40001, 40014, 42001) as `rejectedToken`. */
+  getAccessToken(appId?: string, options?: CallOptions & { rejectedToken?: string }): Promise<AccessToken>;
+  /** Whether WeChat still holds the session_key wxlogin holds for this user. */
+  checkSessionKey(token: string, options?: CallOptions): Promise<boolean>;
+  /** Have WeChat replace the user's session_key (rejects with SessionKeyStale when it is no longer current). */
+  resetSessionKey(token: string, options?: CallOptions): Promise<void>;
   close(): void;
 }
 

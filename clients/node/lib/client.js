@@ -26,6 +26,11 @@ const DEFAULT_DEADLINES = Object.freeze({
   decryptUserData: 5000,
   revokeSession: 5000,
   revokeAllSessions: 5000,
+  // These wait on WeChat (getAccessToken only when wxlogin has no token yet).
+  getPhoneNumber: 10000,
+  getAccessToken: 10000,
+  checkSessionKey: 10000,
+  resetSessionKey: 10000,
 });
 
 /** Retries of idempotent calls on UNAVAILABLE: full-jitter exponential backoff. */
@@ -209,6 +214,68 @@ class WxLoginClient {
       requestId,
     });
     return reply.revoked;
+  }
+
+  /** The session user's phone number for a getPhoneNumber button's code (single use). */
+  async getPhoneNumber(token, phoneCode, { deadlineMs, requestId } = {}) {
+    const reply = await this._call('GetPhoneNumber', { token, phone_code: phoneCode }, {
+      budgetMs: deadlineMs ?? this.deadlines.getPhoneNumber,
+      // A phone code is single use: a second try could only fail with CODE_USED.
+      idempotent: false,
+      requestId,
+    });
+    return {
+      phoneNumber: reply.phone_number,
+      purePhoneNumber: reply.pure_phone_number,
+      countryCode: reply.country_code,
+      watermarkTime: toDate(reply.watermark_time),
+    };
+  }
+
+  /**
+   * The app's WeChat access_token, the same one every backend gets. When WeChat refuses it
+   * (errcode 40001, 40014 or 42001), call again with `{ rejectedToken }`: wxlogin replaces it
+   * once, however many backends report it. Needs a caller granted GetAccessToken by name.
+   */
+  async getAccessToken(appId = '', { rejectedToken = '', deadlineMs, requestId } = {}) {
+    const reply = await this._call('GetAccessToken', { app_id: appId, rejected_token: rejectedToken }, {
+      budgetMs: deadlineMs ?? this.deadlines.getAccessToken,
+      idempotent: true,
+      requestId,
+    });
+    const token = { accessToken: reply.access_token, expiresAt: toDate(reply.expires_at) };
+    // It acts as the app itself at WeChat: never shown when logged.
+    Object.defineProperty(token, util.inspect.custom, {
+      value() {
+        return { accessToken: '<hidden>', expiresAt: this.expiresAt };
+      },
+    });
+    return token;
+  }
+
+  /** Whether WeChat still holds the session_key wxlogin holds for this user as current. */
+  async checkSessionKey(token, { deadlineMs, requestId } = {}) {
+    const reply = await this._call('CheckSessionKey', { token }, {
+      budgetMs: deadlineMs ?? this.deadlines.checkSessionKey,
+      idempotent: true,
+      requestId,
+    });
+    return reply.valid;
+  }
+
+  /**
+   * Have WeChat replace the user's session_key; wxlogin keeps the new one. SessionKeyStale when
+   * wxlogin's key is no longer current (wx.login() ran since): send a fresh code with
+   * decryptUserData instead.
+   */
+  async resetSessionKey(token, { deadlineMs, requestId } = {}) {
+    await this._call('ResetSessionKey', { token }, {
+      budgetMs: deadlineMs ?? this.deadlines.resetSessionKey,
+      // Not retried: after a reset WeChat did whose answer was lost, a second one signs with
+      // the old key and can only fail.
+      idempotent: false,
+      requestId,
+    });
   }
 
   /** Close the channel; calls in flight fail. */

@@ -6,7 +6,8 @@ const fs = require('node:fs');
 const http = require('node:http');
 
 const NEEDED = [
-  'WXLOGIN_TEST_TARGET', 'WXLOGIN_TEST_CALLER_KEY', 'WXLOGIN_TEST_LOGIN_ONLY_KEY', 'WXLOGIN_TEST_SHORT_TTL_TARGET',
+  'WXLOGIN_TEST_TARGET', 'WXLOGIN_TEST_CALLER_KEY', 'WXLOGIN_TEST_LOGIN_ONLY_KEY', 'WXLOGIN_TEST_TOKEN_READER_KEY',
+  'WXLOGIN_TEST_SHORT_TTL_TARGET',
   'WXLOGIN_TEST_TLS_TARGET', 'WXLOGIN_TEST_TLS_CA', 'WXLOGIN_TEST_TLS_CERT', 'WXLOGIN_TEST_TLS_KEY', 'WXLOGIN_TEST_OTHER_CA',
   'WXLOGIN_TEST_DOWN_TARGET', 'WXLOGIN_TEST_EMULATOR_URL', 'WXLOGIN_TEST_APP_ID',
   'WXLOGIN_TEST_PY_BACKEND', 'WXLOGIN_TEST_PY_BACKEND_DOWN', 'WXLOGIN_TEST_PY_BACKEND_BAD_KEY', 'WXLOGIN_TEST_BAD_KEY',
@@ -47,6 +48,12 @@ async function userData(user, data) {
   return postJson(`${env.EMULATOR_URL}/_dev/user-data`, { appid: env.APP_ID, user, ...(data ? { data } : {}) });
 }
 
+/** Set `user` up with a phone number and play the getPhoneNumber button: a single-use phone code. */
+async function phoneCode(user, phone = '13800000000') {
+  await postJson(`${env.EMULATOR_URL}/_dev/users`, { appid: env.APP_ID, user, phone });
+  return (await postJson(`${env.EMULATOR_URL}/_dev/phone-code`, { appid: env.APP_ID, user })).code;
+}
+
 /** Make the emulator's next jscode2session answer go wrong (see README, "The emulator"). */
 async function fault(spec) {
   return postJson(`${env.EMULATOR_URL}/_dev/faults`, spec);
@@ -72,4 +79,4 @@ function readFile(path) {
   return fs.readFileSync(path);
 }
 
-module.exports = { env, QUICK_RETRY, fault, newUser, readFile, serve, userData, wxCode };
+module.exports = { env, QUICK_RETRY, fault, newUser, phoneCode, readFile, serve, userData, wxCode };

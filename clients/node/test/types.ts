@@ -8,6 +8,8 @@ import {
   SessionExpired,
   upstreamFromEnv,
   WxLoginError,
+  type AccessToken,
+  type PhoneNumber,
   type Request,
   type Session,
   type User,
@@ -52,4 +54,14 @@ export async function rest(token: string): Promise<number> {
   // @ts-expect-error: deadlines are numbers of milliseconds
   connect(target, { deadlines: { checkSession: '2s' } });
   return client.revokeAllSessions({ token });
+}
+
+export async function wechatApis(token: string): Promise<string> {
+  const number: PhoneNumber = await client.getPhoneNumber(token, 'phone-code', { deadlineMs: 3000 });
+  const valid: boolean = await client.checkSessionKey(token);
+  await client.resetSessionKey(token);
+  const access: AccessToken = await client.getAccessToken('wx0', { rejectedToken: 'old' });
+  // @ts-expect-error: the phone code is required
+  await client.getPhoneNumber(token);
+  return `${number.purePhoneNumber} ${valid} ${access.expiresAt?.toISOString() ?? ''}`;
 }
