@@ -22,6 +22,9 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from runtime import event_loop
+from runtime.event_loop import ASYNCIO, UVLOOP
+
 BARE_SERVICE = "bench.Bare"
 
 
@@ -179,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=["grpc", "http"])
     parser.add_argument("--canned", type=Path, required=True, help="JSON written by the bench")
     parser.add_argument("--listen", default="127.0.0.1:0")
+    # asyncio: the yardstick every ratio is taken against; uvloop: what the same bare
+    # server does on the loop the service runs on (a reference, README "Performance").
+    parser.add_argument("--loop", choices=[ASYNCIO, UVLOOP], default=ASYNCIO)
     args = parser.parse_args(argv)
-    asyncio.run(_main(args.kind, json.loads(args.canned.read_text()), args.listen))
+    event_loop.run(_main(args.kind, json.loads(args.canned.read_text()), args.listen), args.loop)
     return 0
 
 

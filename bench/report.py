@@ -15,7 +15,11 @@ import matplotlib.pyplot as plt
 
 from bench.readme_block import rewrite_block
 
-BASELINE_NAMES = {"bare-grpc": "bare grpc.aio", "bare-http": "bare aiohttp"}
+BASELINE_NAMES = {
+    "bare-grpc": "bare grpc.aio",
+    "bare-http": "bare aiohttp",
+    "bare-grpc-uvloop": "bare grpc.aio on uvloop",
+}
 
 
 def _cpu_rss(processes: Mapping[str, Mapping[str, float]]) -> tuple[str, str]:

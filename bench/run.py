@@ -28,6 +28,7 @@ from bench.rig import Rig
 from bench.targets import evaluate
 from devtools.children import Child
 from devtools.devstack import DevStack
+from runtime.event_loop import ASYNCIO, UVLOOP
 from wxlogin.v1 import auth_pb2
 
 
@@ -65,11 +66,13 @@ def _adopt(rig: Rig, stack: DevStack, suffix: str = "") -> None:
             rig.processes["mongod" + suffix] = pid
 
 
-async def _bare(rig: Rig, exits: AsyncExitStack, kind: str, canned: Path) -> str:
-    """Start a bare baseline (`python -m bench.baselines`); its host:port."""
+async def _bare(
+    rig: Rig, exits: AsyncExitStack, kind: str, canned: Path, loop: str = ASYNCIO
+) -> str:
+    """Start a bare baseline (`python -m bench.baselines`) on `loop`; its host:port."""
     child = Child(
-        f"bare-{kind}",
-        ["bench.baselines", kind, "--canned", str(canned)],
+        f"bare-{kind}" + ("" if loop == ASYNCIO else f"-{loop}"),
+        ["bench.baselines", kind, "--canned", str(canned), "--loop", loop],
         os.environ,
         log_file=rig.workdir / "logs-1" / f"bare-{kind}.log",
     )
@@ -97,7 +100,12 @@ def _caller_key(stack: DevStack) -> tuple[tuple[str, str], ...]:
 
 
 async def _scenarios(
-    rig: Rig, stack: DevStack, fixtures: Fixtures, bare_grpc: str, bare_http: str
+    rig: Rig,
+    stack: DevStack,
+    fixtures: Fixtures,
+    bare_grpc: str,
+    bare_http: str,
+    bare_grpc_uvloop: str,
 ) -> list[dict[str, Any]]:
     emulator = Emulator(stack.emulator_url, rig.http)
     budget = scenarios.CodeBudget()
@@ -124,6 +132,21 @@ async def _scenarios(
                 target=target,
                 bare=bare_grpc,
                 metadata=caller,
+            )
+        )
+    if plan.runs("check_uvloop_bare"):
+        done.append(
+            await scenarios.grpc_fixed(
+                rig,
+                key="check_uvloop_bare",
+                title="CheckSession, valid token (reference: bare server on uvloop)",
+                method="CheckSession",
+                request=requests["check_valid"],
+                expect=Expect(),
+                target=target,
+                bare=bare_grpc_uvloop,
+                metadata=caller,
+                baseline_process="bare-grpc-uvloop",
             )
         )
     if plan.runs("login"):
@@ -390,6 +413,7 @@ OWN_STACKS = ("check_caller", "check_metrics", "check_fixed_expiry")
 KEYS = (
     "check_valid",
     "check_unknown",
+    "check_uvloop_bare",
     "decrypt",
     "access_token",
     "login",
@@ -496,10 +520,12 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         fixtures.canned_grpc["check_caller"] = fixtures.canned_grpc["check_valid"]
         fixtures.canned_grpc["check_metrics"] = fixtures.canned_grpc["check_valid"]
         fixtures.canned_grpc["check_fixed_expiry"] = fixtures.canned_grpc["check_valid"]
+        fixtures.canned_grpc["check_uvloop_bare"] = fixtures.canned_grpc["check_valid"]
         canned = workdir / "canned.json"
         canned.write_text(fixtures.canned_json())
         bare_grpc = await _bare(rig, exits, "grpc", canned)
         bare_http = await _bare(rig, exits, "http", canned)
+        bare_grpc_uvloop = await _bare(rig, exits, "grpc", canned, UVLOOP)
         rig.arrange(["service-1"])
 
         if plan.runs("rss"):
@@ -511,7 +537,9 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
                 metadata=_caller_key(stack),
             )
         log("scenarios, each beside its baseline")
-        results["scenarios"] = await _scenarios(rig, stack, fixtures, bare_grpc, bare_http)
+        results["scenarios"] = await _scenarios(
+            rig, stack, fixtures, bare_grpc, bare_http, bare_grpc_uvloop
+        )
         results["side_by_side"] = []
         if stack.edge_url and plan.runs("edge_vs_bare"):
             log("the edge and bare aiohttp side by side")

@@ -4,6 +4,7 @@
 |---------------|-----------------------------------------|------------|---------------|
 | check_valid   | h2load, one CheckSession body           | service    | bare grpc.aio |
 | check_unknown | h2load, one CheckSession body           | service    | bare grpc.aio |
+| check_uvloop_bare | h2load, one CheckSession body       | service    | bare on uvloop (#) |
 | check_caller  | h2load, CheckSession + caller key       | service(*) | bare grpc.aio |
 | check_metrics | h2load, one CheckSession body           | service(+) | bare grpc.aio |
 | check_fixed_expiry | h2load, one CheckSession body      | service(-) | bare grpc.aio |
@@ -15,6 +16,9 @@
 | edge_login    | wrk + Lua, one fresh code per request   | edge       | bare aiohttp  |
 
 (*) a stack of its own with a callers file, as in production: every call's key is checked.
+(#) a reference, not a target: the service runs on uvloop (runtime/event_loop.py) while
+    every target's yardstick is bare grpc.aio on asyncio's loop; this says how much of the
+    ratio the loop alone is worth.
 (+) a stack of its own with WXLOGIN_METRICS_LISTEN.
 (-) a stack of its own whose sessions are never renewed (WXLOGIN_SESSION_MAX_TTL equal to
     WXLOGIN_SESSION_TTL).
@@ -122,6 +126,7 @@ async def grpc_fixed(
     metadata: Sequence[tuple[str, str]] = (),
     service: str = "service-1",
     fine: bool = False,
+    baseline_process: str = "bare-grpc",
 ) -> dict[str, Any]:
     """A gRPC scenario whose every request may be the same bytes: h2load on both sides.
 
@@ -152,7 +157,7 @@ async def grpc_fixed(
         subject=subject,
         subject_processes=[service],
         baseline=h2load(rig, f"http://{bare}{grpc_path(key)}", body, headers=headers),
-        baseline_process="bare-grpc",
+        baseline_process=baseline_process,
         check=check,
         baseline_check=baseline_check,
         rounds=plan.fine_rounds if fine else plan.rounds,

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from runtime import logs
+from runtime import event_loop, logs
 from runtime.config import ConfigError, parse_listen, parse_log_format, parse_log_level
 from runtime.serve import drain, stop_on_signals
 from runtime.workers import Program, become_worker, is_worker, supervise
@@ -31,6 +31,7 @@ async def serve(settings: Settings) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.reload)
         # One parseable line: the dev stack and tests read the bound port from it.
         print(READY_LINE.format(port=running.port), flush=True)
+        log.info("event loop: %s", event_loop.running_loop_name())
         if running.metrics_port is not None:
             log.info("metrics on port %d (/metrics)", running.metrics_port)
         await stop.wait()
@@ -68,7 +69,7 @@ def main() -> int:
         if settings.workers > 1 and not is_worker(os.environ):
             return supervise(_program(settings), settings.workers, os.environ)
         become_worker(os.environ)
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings), settings.event_loop)
     except ConfigError as error:  # also found only when used: an unreachable MongoDB, a taken port
         print(f"wxlogin: bad configuration: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from runtime.config import (
     parse_whole,
     parse_workers,
 )
+from runtime.event_loop import UVLOOP, parse_event_loop
 from runtime.serve import DEFAULT_DRAIN_SECONDS, parse_drain_seconds
 from service.crypto import key_id
 
@@ -100,6 +101,8 @@ class Settings:
     workers: int = 1
     # WXLOGIN_DRAIN_SECONDS: after SIGTERM, NOT_SERVING this long before the listener closes.
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    # WXLOGIN_EVENT_LOOP: uvloop (default where installed) or asyncio (runtime/event_loop.py).
+    event_loop: str = UVLOOP
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even by printing the settings.
@@ -185,6 +188,7 @@ class Settings:
             ),
             workers=workers,
             drain_seconds=parse_drain_seconds(env),
+            event_loop=parse_event_loop(env),
         )
 
     @property

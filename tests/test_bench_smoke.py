@@ -20,6 +20,7 @@ from bench.targets import TARGETS, evaluate
 SCENARIOS = {
     "check_valid",
     "check_unknown",
+    "check_uvloop_bare",
     "check_caller",
     "check_metrics",
     "check_fixed_expiry",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -16,7 +15,7 @@ from clients.edge.config import EdgeConfig
 from clients.edge.login_limit import LoginLimit
 from clients.edge.metrics import EdgeMetrics
 from clients.edge.server import SHUTDOWN_GRACE, serving
-from runtime import logs
+from runtime import event_loop, logs
 from runtime.config import ConfigError
 from runtime.metrics_server import serving_metrics
 from runtime.serve import StopSignal, drain, stop_on_signals
@@ -68,6 +67,7 @@ async def _serve(app: web.Application, config: EdgeConfig, stop: StopSignal) -> 
             "TLS" if config.security.tls is not None else "plaintext",
             "with a caller key" if config.security.caller_key else "no caller key",
         )
+        log.info("event loop: %s", event_loop.running_loop_name())
         await stop.wait()
         # /readyz answers 503 from now on; everything else is served for the drain.
         app[DRAINING].set()
@@ -100,7 +100,7 @@ def main() -> int:
         if config.workers > 1 and not is_worker(os.environ):
             return supervise(_program(config), config.workers, os.environ)
         become_worker(os.environ)
-        asyncio.run(serve(config))
+        event_loop.run(serve(config), config.event_loop)
     except ConfigError as error:  # found only when used: a metrics port already taken
         print(f"edge: bad configuration: {error}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from runtime.config import (
     parse_optional_listen,
     parse_workers,
 )
+from runtime.event_loop import UVLOOP, parse_event_loop
 from runtime.serve import DEFAULT_DRAIN_SECONDS, parse_drain_seconds
 
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
@@ -53,6 +54,8 @@ class EdgeConfig:
     workers: int = 1
     # WXLOGIN_DRAIN_SECONDS: after SIGTERM, /readyz 503 this long before the listener closes.
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    # WXLOGIN_EVENT_LOOP: uvloop (default where installed) or asyncio (runtime/event_loop.py).
+    event_loop: str = UVLOOP
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EdgeConfig:
@@ -92,6 +95,7 @@ class EdgeConfig:
             log_format=parse_log_format("WXLOGIN_LOG_FORMAT", env.get("WXLOGIN_LOG_FORMAT")),
             workers=parse_workers("WXLOGIN_WORKERS", env.get("WXLOGIN_WORKERS")),
             drain_seconds=parse_drain_seconds(env),
+            event_loop=parse_event_loop(env),
         )
 
 
