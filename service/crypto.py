@@ -136,6 +136,13 @@ class SessionKeyCipher:
 
 def decode_b64(field: str, value: str) -> bytes:
     """Decode standard base64, repairing the classic `+`-became-space client bug."""
+    if value:
+        # Most clients send it clean: decoded as it is, without the repairs below
+        # (DecryptUserData decodes two fields per call). Anything else falls through.
+        try:
+            return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            pass
     # Spaces first: a leading or trailing '+' that became a space is data, not padding.
     cleaned = "".join(value.replace(" ", "+").split())
     if not cleaned:

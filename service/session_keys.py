@@ -41,14 +41,24 @@ class UserSessionKeys:
         self._monotonic = monotonic
         self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
-    async def current(self, record: SessionRecord, *, deadline: float | None = None) -> str:
-        """The user's current key: from memory when fresh enough, else from MongoDB."""
+    def cached(self, record: SessionRecord) -> str | None:
+        """The user's current key if memory has it fresh enough, else None (then `current`).
+
+        Synchronous, so that DecryptUserData from memory runs no coroutine for it.
+        """
         entry = self._entries.get(record.user.user_id)
         if entry is not None:
             stored_at, session_key = entry
             if self._monotonic() - stored_at <= self._max_age:
                 self._entries.move_to_end(record.user.user_id)
                 return session_key
+        return None
+
+    async def current(self, record: SessionRecord, *, deadline: float | None = None) -> str:
+        """The user's current key: from memory when fresh enough, else from MongoDB."""
+        cached = self.cached(record)
+        if cached is not None:
+            return cached
         try:
             return await self.fresh(record, deadline=deadline)
         except StoreUnavailable:

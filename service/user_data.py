@@ -101,34 +101,42 @@ class UserDataDecryptor:
             raise BadRequest("raw_data and signature go together: give both or neither")
         if len(code) > _MAX_CODE_LENGTH:
             raise BadRequest("code is too long to be a wx.login() code")
-        record = await self._sessions.check(token, deadline=deadline)
-        decrypted = await self._decrypt(
-            record, encrypted_data, iv, raw_data, signature, code, deadline
+        # From memory without a coroutine of its own when it can (the hot path, like
+        # CheckSession's); from MongoDB otherwise.
+        record = self._sessions.check_in_memory(token) or await self._sessions.check_stored(
+            token, deadline=deadline
         )
+        if code:
+            session_key = await self._exchange(record, code, deadline)
+            decrypted = self._open(record, session_key, encrypted_data, iv, raw_data, signature)
+        else:
+            session_key = self._keys.cached(record) or await self._keys.current(
+                record, deadline=deadline
+            )
+            try:
+                decrypted = self._open(record, session_key, encrypted_data, iv, raw_data, signature)
+            except (DecryptFailed, SignatureMismatch) as failure:
+                decrypted = await self._retry_with_fresh_key(
+                    record, session_key, failure, encrypted_data, iv, raw_data, signature, deadline
+                )
         unionid = decrypted.data.get("unionId")
         if isinstance(unionid, str) and unionid:
             await self._sessions.learn_unionid(record.user, unionid, deadline=deadline)
         return decrypted
 
-    async def _decrypt(
+    async def _retry_with_fresh_key(
         self,
         record: SessionRecord,
+        session_key: str,
+        first_failure: DecryptFailed | SignatureMismatch,
         encrypted_data: str,
         iv: str,
         raw_data: str,
         signature: str,
-        code: str,
         deadline: float | None,
     ) -> UserData:
-        """The session's data opened with the fresh code's key, or the user's current one."""
-        if code:
-            session_key = await self._exchange(record, code, deadline)
-            return self._open(record, session_key, encrypted_data, iv, raw_data, signature)
-        session_key = await self._keys.current(record, deadline=deadline)
-        try:
-            return self._open(record, session_key, encrypted_data, iv, raw_data, signature)
-        except (DecryptFailed, SignatureMismatch) as failure:
-            first_failure = failure
+        """After `session_key` failed: the key MongoDB has now, or SESSION_KEY_STALE, or the
+        first failure."""
         # Another process may have stored a newer key since it was cached here.
         fresh = await self._keys.fresh(record, deadline=deadline)
         if fresh != session_key:
