@@ -85,6 +85,15 @@ class GroupCommit(Generic[Item, Result]):
         A caller cancelled before its batch is taken is dropped from it; one
         cancelled later cannot call the write back, but nobody gets its result.
         """
+        return await self.enqueue(item)
+
+    def enqueue(self, item: Item) -> asyncio.Future[Result]:
+        """`submit` without a coroutine: the future of `item`'s result.
+
+        For a caller with many items at once (await them with asyncio.gather, which
+        wraps no future in a task). Cancelling the future drops the item like
+        cancelling `submit` does. Raises QueueFull, or RuntimeError once closed.
+        """
         if self._closed:
             raise RuntimeError("GroupCommit is closed")
         if self._max_waiting is not None and len(self._queue) >= self._max_waiting:
@@ -97,7 +106,7 @@ class GroupCommit(Generic[Item, Result]):
             # A context of its own: the writer serves many calls, and must not
             # carry (and log as) the request id of the call that happened to start it.
             self._writer = asyncio.create_task(self._drain(), context=contextvars.Context())
-        return await future
+        return future
 
     @property
     def waiting(self) -> int:

@@ -134,6 +134,10 @@ class Sessions:
         elif deadline is not None:
             seconds = max(budget(deadline, default=float("inf")), 0)
         try:
+            if seconds is None:
+                # The exchange's first caller, or one without a deadline: no wait_for
+                # (a coroutine more per Login) when there is nothing to time.
+                return await asyncio.shield(exchange)
             return await asyncio.wait_for(asyncio.shield(exchange), seconds)
         except TimeoutError:
             # Only a caller that joined an exchange started with a later deadline.

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.batching import GroupCommit
+from service.batching import GroupCommit, QueueFull
 
 
 class Recorder:
@@ -125,6 +125,35 @@ async def test_a_caller_cancelled_before_its_batch_is_not_written() -> None:
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert recorder.batches == [[0], [2]]
+
+
+async def test_enqueued_items_share_a_write_and_a_cancelled_future_is_left_out() -> None:
+    """enqueue(): items in at once, no coroutine each; a cancelled future drops its item."""
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write)
+    first = await recorder.hold_first_write(commit, 0)
+    futures = [commit.enqueue(i) for i in (1, 2, 3)]
+    assert commit.waiting == 3  # queued at once: nothing waits for a task to start
+    futures[1].cancel()
+    recorder.release.set()
+    assert await first == 0
+    assert await asyncio.gather(futures[0], futures[2]) == [10, 30]
+    assert recorder.batches == [[0], [1, 3]]
+
+
+async def test_enqueue_refuses_at_once_when_full_or_closed() -> None:
+    """QueueFull and "closed" come from enqueue() itself, not from an awaited future."""
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write, max_waiting=2)
+    first = await recorder.hold_first_write(commit, 0)
+    waiting = [commit.enqueue(1), commit.enqueue(2)]
+    with pytest.raises(QueueFull):
+        commit.enqueue(3)
+    recorder.release.set()
+    assert await asyncio.gather(first, *waiting) == [0, 10, 20]
+    await commit.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        commit.enqueue(4)
 
 
 async def test_aclose_waits_for_the_write_in_flight_then_refuses_new_items() -> None:

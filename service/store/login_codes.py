@@ -129,13 +129,18 @@ class LoginCodes:
         kept stays claimed until its lease ends, then a retry exchanges it again
         (and WeChat says it was used).
         """
-        submitted = [
-            self._writes.submit(
-                _Answer(replay.code_id, replay.owner, self._seal(replay, saved), deadline)
-            )
-            for replay, saved in answers
-        ]
-        for outcome in await asyncio.gather(*submitted, return_exceptions=True):
+        # Futures, not submit() coroutines: gather wraps each coroutine in a task of
+        # its own, a task per login for nothing.
+        outcomes: list[object] = []
+        pending: list[asyncio.Future[LoginCode | None]] = []
+        for replay, saved in answers:
+            answer = _Answer(replay.code_id, replay.owner, self._seal(replay, saved), deadline)
+            try:
+                pending.append(self._writes.enqueue(answer))
+            except (QueueFull, RuntimeError) as refused:  # full, or closed: as a failed write
+                outcomes.append(refused)
+        outcomes += await asyncio.gather(*pending, return_exceptions=True)
+        for outcome in outcomes:
             if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
             if isinstance(outcome, Exception):
