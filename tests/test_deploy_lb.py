@@ -104,8 +104,9 @@ def _read(*paths: str) -> set[str]:
 
 def test_the_env_examples_name_every_variable_each_program_reads() -> None:
     """Every WXLOGIN_* the service and the edge read is in its example env file (set or shown)."""
-    service = _read("service/settings.py", "runtime/logs.py") - {"WXLOGIN_"} - EMBEDDED_ONLY
-    edge = _read("clients/edge/config.py", "clients/_upstream.py", "runtime/logs.py") - {"WXLOGIN_"}
+    shared = ("runtime/logs.py", "runtime/event_loop.py")
+    service = _read("service/settings.py", *shared) - {"WXLOGIN_"} - EMBEDDED_ONLY
+    edge = _read("clients/edge/config.py", "clients/_upstream.py", *shared) - {"WXLOGIN_"}
     service_env = _assigned(ENV / "service.env.example", commented=True)
     service_env |= _assigned(ENV / "service-1.env.example")
     edge_env = _assigned(ENV / "edge.env.example", commented=True)
