@@ -407,7 +407,7 @@ async def _workers(rig: Rig, first: DevStack) -> dict[str, Any]:
 
 
 # The scenarios on stacks of their own, each with its cost side by side against `_reference`.
-OWN_STACKS = ("check_caller", "check_metrics", "check_fixed_expiry")
+OWN_STACKS = ("check_caller", "check_metrics", "check_fixed_expiry", "check_asyncio_loop")
 # What --only accepts: every scenario, the edge side by side with bare aiohttp, the
 # memory check ("rss") and the scaling runs.
 KEYS = (
@@ -481,6 +481,22 @@ async def _own_stacks(
         )
         results["scenarios"].append(compared)
         results["side_by_side"].append(cost)
+    if plan.runs("check_asyncio_loop"):
+        log("CheckSession on asyncio's loop (a stack with WXLOGIN_EVENT_LOOP=asyncio)")
+        compared, cost = await _check_on_own_stack(
+            rig,
+            bare_grpc,
+            main,
+            number=8,
+            key="check_asyncio_loop",
+            title="CheckSession, valid token, on asyncio's loop",
+            # Against bare grpc.aio on the same loop: the ratio without uvloop's gain.
+            env={"WXLOGIN_EVENT_LOOP": "asyncio"},
+            cost=("loop_gain", "CheckSession, uvloop / asyncio's loop"),
+            own_is_subject=False,
+        )
+        results["scenarios"].append(compared)
+        results["side_by_side"].append(cost)
 
 
 async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
@@ -521,6 +537,7 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
         fixtures.canned_grpc["check_metrics"] = fixtures.canned_grpc["check_valid"]
         fixtures.canned_grpc["check_fixed_expiry"] = fixtures.canned_grpc["check_valid"]
         fixtures.canned_grpc["check_uvloop_bare"] = fixtures.canned_grpc["check_valid"]
+        fixtures.canned_grpc["check_asyncio_loop"] = fixtures.canned_grpc["check_valid"]
         canned = workdir / "canned.json"
         canned.write_text(fixtures.canned_json())
         bare_grpc = await _bare(rig, exits, "grpc", canned)

@@ -8,6 +8,7 @@
 | check_caller  | h2load, CheckSession + caller key       | service(*) | bare grpc.aio |
 | check_metrics | h2load, one CheckSession body           | service(+) | bare grpc.aio |
 | check_fixed_expiry | h2load, one CheckSession body      | service(-) | bare grpc.aio |
+| check_asyncio_loop | h2load, one CheckSession body      | service(~) | bare grpc.aio |
 | decrypt       | h2load, one DecryptUserData body        | service    | bare grpc.aio |
 | login         | bench.driver, one fresh code per call   | service    | bare grpc.aio |
 | access_token  | h2load, one GetAccessToken body         | service    | bare grpc.aio |
@@ -16,13 +17,15 @@
 | edge_login    | wrk + Lua, one fresh code per request   | edge       | bare aiohttp  |
 
 (*) a stack of its own with a callers file, as in production: every call's key is checked.
+(~) a stack of its own on asyncio's loop (WXLOGIN_EVENT_LOOP=asyncio), the yardstick's
+    loop: side by side with a plain stack (on uvloop) it says what uvloop is worth.
 (#) a reference, not a target: the service runs on uvloop (runtime/event_loop.py) while
     every target's yardstick is bare grpc.aio on asyncio's loop; this says how much of the
     ratio the loop alone is worth.
 (+) a stack of its own with WXLOGIN_METRICS_LISTEN.
 (-) a stack of its own whose sessions are never renewed (WXLOGIN_SESSION_MAX_TTL equal to
     WXLOGIN_SESSION_TTL).
-Each of (*), (+) and (-) then runs side by side with a fresh plain stack's CheckSession
+Each of (*), (+), (-) and (~) then runs side by side with a fresh plain stack's CheckSession
 (`grpc_side_by_side`): what the callers file, the metrics and sliding expiry cost; (*)
 also side by side with the bare server, and a control pairs two fresh plain stacks.
 

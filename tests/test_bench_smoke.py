@@ -24,6 +24,7 @@ SCENARIOS = {
     "check_caller",
     "check_metrics",
     "check_fixed_expiry",
+    "check_asyncio_loop",
     "decrypt",
     "login",
     "edge_session",
@@ -74,6 +75,7 @@ def test_smoke_run_produces_sane_numbers(tmp_path: Path) -> None:
         "caller_vs_bare",
         "metrics_cost",
         "renewal_cost",
+        "loop_gain",
     }
     for key, cost in costs.items():
         assert cost["ratio"] > 0, key
