@@ -33,6 +33,12 @@ def _cpu_rss(processes: Mapping[str, Mapping[str, float]]) -> tuple[str, str]:
     return cpu, rss
 
 
+def _verdict(target: Mapping[str, Any], value: float) -> str:
+    """PASS or MISS for `value` against the target's threshold."""
+    passed = value <= target["threshold"] if target["at_most"] else value >= target["threshold"]
+    return "PASS" if passed else "MISS"
+
+
 def target_value(target: Mapping[str, Any]) -> str:
     value = target["value"]
     if value is None:
@@ -85,9 +91,17 @@ def markdown(results: Mapping[str, Any]) -> str:
             shown = " / ".join(f"{rates[cost[side]]:,.0f}" for side in ("subject", "reference"))
             each = ", ".join(f"{ratio:.3f}" for ratio in cost["rounds"])
             lines.append(f"| {cost['title']} | {shown} | {each} | **{cost['ratio']:.3f}** |")
-    lines += ["", "| Target | Measured | Result |", "|---|--:|---|"]
+    lines += [
+        "",
+        "| Target | Measured | Result | Against bare grpc.aio on uvloop (the service's loop) |",
+        "|---|--:|---|--:|",
+    ]
     for target in results["targets"]:
-        lines.append(f"| {target['text']} | {target_value(target)} | **{target['result']}** |")
+        matched = target.get("loop_matched")
+        same_loop = "" if matched is None else f"{matched:.2f} x ({_verdict(target, matched)})"
+        lines.append(
+            f"| {target['text']} | {target_value(target)} | **{target['result']}** | {same_loop} |"
+        )
     memory = results.get("rss")
     if memory:
         lines += [

@@ -29,6 +29,7 @@ from bench.targets import evaluate
 from devtools.children import Child
 from devtools.devstack import DevStack
 from runtime.event_loop import ASYNCIO, UVLOOP
+from runtime.event_loop import VARIABLE as EVENT_LOOP
 from wxlogin.v1 import auth_pb2
 
 
@@ -70,11 +71,12 @@ async def _bare(
     rig: Rig, exits: AsyncExitStack, kind: str, canned: Path, loop: str = ASYNCIO
 ) -> str:
     """Start a bare baseline (`python -m bench.baselines`) on `loop`; its host:port."""
+    name = f"bare-{kind}" + ("" if loop == ASYNCIO else f"-{loop}")
     child = Child(
-        f"bare-{kind}" + ("" if loop == ASYNCIO else f"-{loop}"),
+        name,
         ["bench.baselines", kind, "--canned", str(canned), "--loop", loop],
         os.environ,
-        log_file=rig.workdir / "logs-1" / f"bare-{kind}.log",
+        log_file=rig.workdir / "logs-1" / f"{name}.log",
     )
     exits.push_async_callback(child.stop)
     port = await child.start()
@@ -508,6 +510,11 @@ async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str
     log(f"wxlogin bench ({plan.name}); work dir {workdir}")
     if plan.only:
         log(f"only: {', '.join(plan.only)}")
+    # Every stack on the production default, whatever this shell sets; the one stack
+    # on asyncio's loop (check_asyncio_loop) sets its own.
+    if os.environ.get(EVENT_LOOP, UVLOOP).strip().lower() != UVLOOP:
+        log(f"{EVENT_LOOP}={os.environ[EVENT_LOOP]!r} ignored: the stacks run on uvloop")
+    os.environ[EVENT_LOOP] = UVLOOP
     if cores.pinned:
         os.sched_setaffinity(0, cores.load)  # the bench itself stays off the server core
     results: dict[str, Any] = {}

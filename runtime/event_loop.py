@@ -4,10 +4,10 @@
 with its scheduling, timers and socket transports in C. Every call into
 wxlogin is mostly event-loop work (grpc.aio's completion callbacks, PyMongo's
 and aiohttp's transports, the tasks and futures of each RPC), so the loop is a
-large share of what a call costs: on the bench machine uvloop served ~8-12 %
-more CheckSession per core and used ~13 % less CPU per Login (bench/README.md,
-"The event loop"). `asyncio` is the standard library's loop, one setting
-away for anyone who would rather run on it.
+large share of what a call costs: on the bench machine uvloop served ~12 %
+more CheckSession per core (side by side, `make bench`'s `loop_gain`) and used
+~13 % less CPU per Login (bench/README.md, round 3 stop 5). `asyncio` is the
+standard library's loop, one setting away for anyone who would rather run on it.
 
 Nothing in wxlogin depends on which loop runs: the in-process tests run on
 asyncio's (pytest-asyncio), the processes they start on uvloop. uvloop 0.23 is

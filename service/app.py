@@ -99,6 +99,9 @@ async def running_service(
     async with AsyncExitStack() as stack:
         uri = settings.mongodb_uri
         if uri is None:
+            # First, before any gRPC server or channel exists: libuv (uvloop) may start
+            # a child with a plain fork(), and grpcio >= 1.80 crashes a forked child of a
+            # process with live channels (runtime/process.py). Keep it before them.
             mongo = EmbeddedMongo(settings.data_dir)
             log.warning(
                 "WXLOGIN_MONGODB_URI is unset: starting the embedded mongod (data in %s)",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -124,9 +125,8 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _drain(self) -> None:
         try:
-            loop = asyncio.get_running_loop()
             while batch := self._take_batch():
-                started = loop.time()
+                started = time.perf_counter()
                 if self._on_batch is not None:
                     self._on_batch(len(batch))
                 await self._commit(batch)
@@ -142,11 +142,12 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _pace(self, started: float) -> None:
         """Before the next write: wait out the interval if the loop is saturated."""
-        loop = asyncio.get_running_loop()
-        yielded = loop.time()
+        # perf_counter, not loop.time(): uvloop's clock moves in whole milliseconds, so
+        # a 0.2 ms turn of the loop could read as 1 ms, i.e. "busy" (busy_lag is 1 ms).
+        yielded = time.perf_counter()
         await asyncio.sleep(0)  # comes back after everything else that is ready
-        if loop.time() - yielded > self._busy_lag:
-            wait = started + self._min_interval - loop.time()
+        if time.perf_counter() - yielded > self._busy_lag:
+            wait = started + self._min_interval - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
 

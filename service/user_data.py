@@ -113,9 +113,13 @@ class UserDataDecryptor:
             session_key = self._keys.cached(record) or await self._keys.current(
                 record, deadline=deadline
             )
+            failure: DecryptFailed | SignatureMismatch | None = None
             try:
                 decrypted = self._open(record, session_key, encrypted_data, iv, raw_data, signature)
-            except (DecryptFailed, SignatureMismatch) as failure:
+            except (DecryptFailed, SignatureMismatch) as failed:
+                failure = failed
+            if failure is not None:
+                # Outside the except: what the retry raises is not chained to this failure.
                 decrypted = await self._retry_with_fresh_key(
                     record, session_key, failure, encrypted_data, iv, raw_data, signature, deadline
                 )

@@ -12,6 +12,7 @@ import aiohttp
 import grpc
 import pytest
 
+from runtime import event_loop
 from runtime.config import ConfigError
 from runtime.event_loop import ASYNCIO, UVLOOP, VARIABLE, parse_event_loop, run, running_loop_name
 from service.settings import Settings
@@ -133,3 +134,14 @@ async def test_a_bad_value_stops_the_start_naming_the_variable(
     _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
     assert f"{VARIABLE}: expected uvloop or asyncio, got 'tokio'" in err.decode()
+
+
+def test_without_uvloop_unset_means_asyncio_and_asking_for_it_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where uvloop has no wheel (Windows): asyncio's loop, unless uvloop is asked for by name."""
+    monkeypatch.setattr(event_loop, "_uvloop", lambda: None)
+    assert parse_event_loop({}) == ASYNCIO
+    assert parse_event_loop({VARIABLE: "asyncio"}) == ASYNCIO
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        parse_event_loop({VARIABLE: "uvloop"})

@@ -15,7 +15,7 @@ from pymongo.errors import BulkWriteError
 
 from service.crypto import SessionKeyCipher
 from service.errors import InternalError, StoreUnavailable
-from service.records import NewLogin, utc_now_ms
+from service.records import LoginReplay, NewLogin, utc_now_ms
 from service.settings import Settings
 from service.store import Store, connect
 from tests.conftest import SECRET_KEY
@@ -204,3 +204,13 @@ async def test_a_write_concern_error_fails_the_batch_instead_of_retrying(
     )
     assert flaky.calls == [2]
     assert all(isinstance(result, InternalError) for result in results)
+
+
+async def test_answers_that_cannot_be_queued_are_given_up_not_raised(store: Store, db: Any) -> None:
+    """keep() is best effort: once the claims' queue is closed, the login stands all the same."""
+    saved = await store.save_login(new_login("kai"))
+    replay = LoginReplay("code-of-kai", "owner-of-kai", "token-of-kai")
+    await store.login_codes.close()
+    await store.login_codes.keep([(replay, saved)], None)  # refused at once: no exception
+    assert await db.login_codes.find_one({"_id": "code-of-kai"}) is None
+    assert await db.sessions.find_one({"_id": saved.session.session_id}) is not None

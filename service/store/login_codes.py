@@ -131,10 +131,14 @@ class LoginCodes:
         """
         # Futures, not submit() coroutines: gather wraps each coroutine in a task of
         # its own, a task per login for nothing.
+        # All sealed before any is queued: a failure here leaves none half-submitted.
+        sealed = [
+            _Answer(replay.code_id, replay.owner, self._seal(replay, saved), deadline)
+            for replay, saved in answers
+        ]
         outcomes: list[object] = []
         pending: list[asyncio.Future[LoginCode | None]] = []
-        for replay, saved in answers:
-            answer = _Answer(replay.code_id, replay.owner, self._seal(replay, saved), deadline)
+        for answer in sealed:
             try:
                 pending.append(self._writes.enqueue(answer))
             except (QueueFull, RuntimeError) as refused:  # full, or closed: as a failed write
