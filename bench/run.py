@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -452,53 +452,69 @@ async def _own_stacks(
         compared, costs = await _with_callers(rig, bare_grpc, main)
         results["scenarios"].append(compared)
         results["side_by_side"] += costs
-    if plan.runs("check_metrics"):
-        log("CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)")
+    for own in _SETTINGS_ON_OWN_STACKS:
+        if not plan.runs(own.key):
+            continue
+        log(own.announce)
         compared, cost = await _check_on_own_stack(
             rig,
             bare_grpc,
             main,
-            number=4,
-            key="check_metrics",
-            title="CheckSession, valid token, metrics on",
-            env={"WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"},
-            cost=("metrics_cost", "CheckSession, metrics on / metrics off"),
-            own_is_subject=True,
+            number=own.number,
+            key=own.key,
+            title=own.title,
+            env=own.env,
+            cost=own.cost,
+            own_is_subject=own.own_is_subject,
         )
         results["scenarios"].append(compared)
         results["side_by_side"].append(cost)
-    if plan.runs("check_fixed_expiry"):
-        log("CheckSession with fixed expiry (a stack whose sessions are never renewed)")
-        compared, cost = await _check_on_own_stack(
-            rig,
-            bare_grpc,
-            main,
-            number=5,
-            key="check_fixed_expiry",
-            title="CheckSession, valid token, no sliding expiry",
-            # The absolute lifetime equal to the idle one: nothing is ever renewed.
-            env={"WXLOGIN_SESSION_TTL": "604800", "WXLOGIN_SESSION_MAX_TTL": "604800"},
-            cost=("renewal_cost", "CheckSession, sliding expiry / fixed expiry"),
-            own_is_subject=False,
-        )
-        results["scenarios"].append(compared)
-        results["side_by_side"].append(cost)
-    if plan.runs("check_asyncio_loop"):
-        log("CheckSession on asyncio's loop (a stack with WXLOGIN_EVENT_LOOP=asyncio)")
-        compared, cost = await _check_on_own_stack(
-            rig,
-            bare_grpc,
-            main,
-            number=8,
-            key="check_asyncio_loop",
-            title="CheckSession, valid token, on asyncio's loop",
-            # Against bare grpc.aio on the same loop: the ratio without uvloop's gain.
-            env={"WXLOGIN_EVENT_LOOP": "asyncio"},
-            cost=("loop_gain", "CheckSession, uvloop / asyncio's loop"),
-            own_is_subject=False,
-        )
-        results["scenarios"].append(compared)
-        results["side_by_side"].append(cost)
+
+
+@dataclass(frozen=True)
+class _OwnStack:
+    """A setting measured on a stack of its own (`_check_on_own_stack`)."""
+
+    key: str
+    announce: str  # the run's log line
+    number: int  # the stack's number: its directory and process-name suffix
+    title: str
+    env: Mapping[str, str]
+    cost: tuple[str, str]  # the side-by-side key and title
+    own_is_subject: bool
+
+
+_SETTINGS_ON_OWN_STACKS = (
+    _OwnStack(
+        "check_metrics",
+        "CheckSession with metrics on (a stack with WXLOGIN_METRICS_LISTEN)",
+        4,
+        "CheckSession, valid token, metrics on",
+        {"WXLOGIN_METRICS_LISTEN": "127.0.0.1:0"},
+        ("metrics_cost", "CheckSession, metrics on / metrics off"),
+        own_is_subject=True,
+    ),
+    _OwnStack(
+        "check_fixed_expiry",
+        "CheckSession with fixed expiry (a stack whose sessions are never renewed)",
+        5,
+        "CheckSession, valid token, no sliding expiry",
+        # The absolute lifetime equal to the idle one: nothing is ever renewed.
+        {"WXLOGIN_SESSION_TTL": "604800", "WXLOGIN_SESSION_MAX_TTL": "604800"},
+        ("renewal_cost", "CheckSession, sliding expiry / fixed expiry"),
+        own_is_subject=False,
+    ),
+    _OwnStack(
+        "check_asyncio_loop",
+        "CheckSession on asyncio's loop (a stack with WXLOGIN_EVENT_LOOP=asyncio)",
+        8,
+        "CheckSession, valid token, on asyncio's loop",
+        # Against bare grpc.aio on the same loop: the ratio without uvloop's gain.
+        {"WXLOGIN_EVENT_LOOP": "asyncio"},
+        ("loop_gain", "CheckSession, uvloop / asyncio's loop"),
+        own_is_subject=False,
+    ),
+)
 
 
 async def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
