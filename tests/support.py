@@ -128,6 +128,16 @@ class Emulator:
             return int((await response.json())["jscode2session_requests"])
 
 
+def edge_env(grpc_port: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for `python -m clients.edge` on a free port, in front of the service
+    child listening on `grpc_port`; `extra` on top."""
+    return {
+        "WXLOGIN_UPSTREAM": f"127.0.0.1:{grpc_port}",
+        "WXLOGIN_HTTP_LISTEN": "127.0.0.1:0",
+        **(extra or {}),
+    }
+
+
 @asynccontextmanager
 async def child(
     *module_args: str, env: Mapping[str, str] | None = None, ready_timeout: float = 60.0
@@ -222,3 +232,15 @@ def mongod_pids(data_dir: Path) -> list[int]:
         if cmdline and cmdline[0].endswith(b"mongod") and named:
             pids.append(int(entry.name))
     return pids
+
+
+@asynccontextmanager
+async def service_and_edge(
+    service_env: Mapping[str, str], edge_extra: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, asyncio.subprocess.Process, int]]:
+    """A service child and an edge child in front of it: (service, edge, the edge's port)."""
+    async with (
+        child("service", env=service_env) as (service, grpc_port),
+        child("clients.edge", env=edge_env(grpc_port, edge_extra)) as (edge, port),
+    ):
+        yield service, edge, port

@@ -10,7 +10,7 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import APP_A, Emulator, child
+from tests.support import APP_A, Emulator, child, service_and_edge
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -81,33 +81,27 @@ async def test_the_edge_answers_503_on_readyz_and_serves_until_the_drain_ends(
     service_env: dict[str, str], emu: Emulator
 ) -> None:
     """SIGTERM to the edge: /readyz 503, /healthz and POST /v1/login still 200; then exit 0."""
-    async with child("service", env=service_env) as (_, grpc_port):
-        env = {
-            "WXLOGIN_UPSTREAM": f"127.0.0.1:{grpc_port}",
-            "WXLOGIN_HTTP_LISTEN": "127.0.0.1:0",
-            **LONG_DRAIN,
-        }
-        async with child("clients.edge", env=env) as (process, port):
-            base = f"http://127.0.0.1:{port}"
-            # A new connection per request, as a balancer's checks make them.
-            connector = aiohttp.TCPConnector(force_close=True)
-            async with aiohttp.ClientSession(connector=connector) as http:
+    async with service_and_edge(service_env, LONG_DRAIN) as (_, process, port):
+        base = f"http://127.0.0.1:{port}"
+        # A new connection per request, as a balancer's checks make them.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async with http.get(base + "/readyz") as response:
+                assert response.status == 200
+            process.send_signal(signal.SIGTERM)
+            for _ in range(300):
                 async with http.get(base + "/readyz") as response:
-                    assert response.status == 200
-                process.send_signal(signal.SIGTERM)
-                for _ in range(300):
-                    async with http.get(base + "/readyz") as response:
-                        if response.status == 503:
-                            reason = (await response.json())["error"]["reason"]
-                            break
-                    await asyncio.sleep(0.05)
-                assert response.status == 503
-                assert reason == "SERVICE_UNAVAILABLE"
-                async with http.get(base + "/healthz") as response:
-                    assert response.status == 200  # alive: no restart, please
-                body = {"app_id": APP_A, "code": await emu.code(APP_A, "edge-drain")}
-                async with http.post(base + "/v1/login", json=body) as response:
-                    assert response.status == 200
-            assert process.returncode is None
-            process.send_signal(signal.SIGINT)  # ends the drain
-            assert await asyncio.wait_for(process.wait(), 30) == 0
+                    if response.status == 503:
+                        reason = (await response.json())["error"]["reason"]
+                        break
+                await asyncio.sleep(0.05)
+            assert response.status == 503
+            assert reason == "SERVICE_UNAVAILABLE"
+            async with http.get(base + "/healthz") as response:
+                assert response.status == 200  # alive: no restart, please
+            body = {"app_id": APP_A, "code": await emu.code(APP_A, "edge-drain")}
+            async with http.post(base + "/v1/login", json=body) as response:
+                assert response.status == 200
+        assert process.returncode is None
+        process.send_signal(signal.SIGINT)  # ends the drain
+        assert await asyncio.wait_for(process.wait(), 30) == 0

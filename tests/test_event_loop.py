@@ -17,7 +17,7 @@ from runtime.config import ConfigError
 from runtime.event_loop import ASYNCIO, UVLOOP, VARIABLE, parse_event_loop, run, running_loop_name
 from service.settings import Settings
 from tests.conftest import b64_secret_key
-from tests.support import APP_A, APPS_ENV, Emulator, child
+from tests.support import APP_A, APPS_ENV, Emulator, child, service_and_edge
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 uvloop = pytest.importorskip("uvloop")
@@ -99,23 +99,17 @@ async def test_the_service_serves_on_the_loop_it_names(
 async def test_the_edge_serves_on_uvloop_by_default(
     service_env: dict[str, str], emu: Emulator
 ) -> None:
-    async with child("service", env=service_env) as (_, grpc_port):
-        env = {
-            "WXLOGIN_UPSTREAM": f"127.0.0.1:{grpc_port}",
-            "WXLOGIN_HTTP_LISTEN": "127.0.0.1:0",
-            "WXLOGIN_DRAIN_SECONDS": "0",
-        }
-        async with child("clients.edge", env=env) as (process, port):
-            base = f"http://127.0.0.1:{port}"
-            body = {"app_id": APP_A, "code": await emu.code(APP_A, "edge-loop")}
-            async with aiohttp.ClientSession() as http:
-                async with http.post(base + "/v1/login", json=body) as response:
-                    assert response.status == 200
-                    token = (await response.json())["token"]
-                headers = {"Authorization": f"Bearer {token}"}
-                async with http.get(base + "/v1/session", headers=headers) as response:
-                    assert response.status == 200
-            log = await _stopped_log(process)
+    async with service_and_edge(service_env) as (_, process, port):
+        base = f"http://127.0.0.1:{port}"
+        body = {"app_id": APP_A, "code": await emu.code(APP_A, "edge-loop")}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "/v1/login", json=body) as response:
+                assert response.status == 200
+                token = (await response.json())["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            async with http.get(base + "/v1/session", headers=headers) as response:
+                assert response.status == 200
+        log = await _stopped_log(process)
     assert f"event loop: uvloop {uvloop.__version__}" in log
 
 

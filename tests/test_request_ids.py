@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from tests.log_support import captured_logs, json_logs
-from tests.support import APP_A, Emulator, child
+from tests.support import APP_A, Emulator, service_and_edge
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -95,22 +95,20 @@ async def test_the_edges_request_id_reaches_the_service_logs(
 ) -> None:
     """Real processes, JSON logs: one X-Request-Id in the edge's access line and the service's."""
     json_env = {"WXLOGIN_LOG_FORMAT": "json", "WXLOGIN_LOG_LEVEL": "DEBUG"}
-    async with child("service", env={**service_env, **json_env}) as (service, grpc_port):
-        edge_env = {
-            **json_env,
-            "WXLOGIN_HTTP_LISTEN": "127.0.0.1:0",
-            "WXLOGIN_UPSTREAM": f"127.0.0.1:{grpc_port}",
-        }
-        async with child("clients.edge", env=edge_env) as (edge, http_port):
-            code = await emu.code(APP_A, "rid-dan")
-            await emu.fault(errcode=-1, times=1)
-            async with http.post(
-                f"http://127.0.0.1:{http_port}/v1/login",
-                json={"app_id": APP_A, "code": code},
-                headers={"X-Request-Id": "mini-req-99"},
-            ) as response:
-                assert response.status == 200
-                assert response.headers["X-Request-Id"] == "mini-req-99"
+    async with service_and_edge({**service_env, **json_env}, json_env) as (
+        service,
+        edge,
+        http_port,
+    ):
+        code = await emu.code(APP_A, "rid-dan")
+        await emu.fault(errcode=-1, times=1)
+        async with http.post(
+            f"http://127.0.0.1:{http_port}/v1/login",
+            json={"app_id": APP_A, "code": code},
+            headers={"X-Request-Id": "mini-req-99"},
+        ) as response:
+            assert response.status == 200
+            assert response.headers["X-Request-Id"] == "mini-req-99"
     assert service.stderr is not None
     assert edge.stderr is not None
     service_lines = [json.loads(line) for line in (await service.stderr.read()).splitlines()]

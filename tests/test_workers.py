@@ -40,6 +40,7 @@ from tests.support import (
     caller_table,
     check_reason,
     child,
+    edge_env,
     run_to_exit,
 )
 from tests.test_access_tokens import get_token, token_emulator
@@ -245,12 +246,7 @@ async def test_no_worker_outlives_a_killed_parent(service_env: dict[str, str]) -
 async def test_two_edge_workers_on_one_address(service_env: dict[str, str], emu: Emulator) -> None:
     """The edge with WXLOGIN_WORKERS=2: both listen on the port, /v1/login answers, drains."""
     async with child("service", env=service_env) as (_, grpc_port):
-        env = {
-            "WXLOGIN_UPSTREAM": f"127.0.0.1:{grpc_port}",
-            "WXLOGIN_HTTP_LISTEN": "127.0.0.1:0",
-            "WXLOGIN_EDGE_LOGIN_RATE": "0",
-            **LONG_DRAIN,
-        }
+        env = edge_env(grpc_port, {"WXLOGIN_EDGE_LOGIN_RATE": "0", **LONG_DRAIN})
         async with workers("clients.edge", env) as running:
             assert listening_pids(running.port, running.pids) == set(running.pids)
             base = f"http://127.0.0.1:{running.port}"
