@@ -48,7 +48,8 @@ class QueueFull(Exception):
 class GroupCommit(Generic[Item, Result]):
     """Coalesces concurrent `submit()`s into calls of `write` with up to `max_batch` items.
 
-    `max_waiting`: submissions beyond this many waiting items raise QueueFull.
+    `max_waiting`: submissions beyond this many items waiting behind a write in
+    flight raise QueueFull (what the next write will take does not count).
     `min_interval`: while the event loop is saturated (it takes longer than
     `busy_lag` to come back to the writer), writes start at most once per this
     many seconds. An item that finds the writer idle is written at once.
@@ -78,6 +79,7 @@ class GroupCommit(Generic[Item, Result]):
         self._on_batch = on_batch
         self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
         self._writer: asyncio.Task[None] | None = None
+        self._writing = False  # a write is out (what QueueFull's bound waits behind)
         self._closed = False
 
     async def submit(self, item: Item) -> Result:
@@ -97,8 +99,8 @@ class GroupCommit(Generic[Item, Result]):
         """
         if self._closed:
             raise RuntimeError("GroupCommit is closed")
-        if self._max_waiting is not None and len(self._queue) >= self._max_waiting:
-            raise QueueFull(f"{len(self._queue)} items already wait for a write")
+        if self._max_waiting is not None and self._behind_a_write() >= self._max_waiting:
+            raise QueueFull(f"{self._behind_a_write()} items already wait behind a write")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._writer is None:
@@ -108,6 +110,16 @@ class GroupCommit(Generic[Item, Result]):
             # carry (and log as) the request id of the call that happened to start it.
             self._writer = asyncio.create_task(self._drain(), context=contextvars.Context())
         return future
+
+    def _behind_a_write(self) -> int:
+        """Queued items that must wait for a write to finish before theirs can start.
+
+        With no write out, the next one takes up to max_batch of the queue at once:
+        those wait for nothing, and shedding them (a burst reaching an idle writer)
+        would refuse work the database is ready for.
+        """
+        queued = len(self._queue)
+        return queued if self._writing else max(0, queued - self._max_batch)
 
     @property
     def waiting(self) -> int:
@@ -129,7 +141,11 @@ class GroupCommit(Generic[Item, Result]):
                 started = time.perf_counter()
                 if self._on_batch is not None:
                     self._on_batch(len(batch))
-                await self._commit(batch)
+                self._writing = True
+                try:
+                    await self._commit(batch)
+                finally:
+                    self._writing = False
                 if self._queue and self._min_interval > 0:
                     await self._pace(started)
         finally:

@@ -68,7 +68,7 @@ class Settings:
     # once per this many seconds, together (service/batching.py).
     login_batch_interval: float = 0.01
     # Load shedding (service/limits.py): RPCs in flight per kind of work, and
-    # logins waiting for their MongoDB write; past these, OVERLOADED at once.
+    # logins waiting behind a MongoDB write in flight; past these, OVERLOADED at once.
     max_in_flight_logins: int = 512
     max_in_flight_session_calls: int = 4096
     max_waiting_logins: int = 2048

@@ -157,6 +157,26 @@ async def test_enqueue_refuses_at_once_when_full_or_closed() -> None:
         commit.enqueue(4)
 
 
+async def test_a_burst_on_an_idle_writer_is_not_shed_as_waiting() -> None:
+    """The bound counts items behind a write in flight, not the ones the next write takes.
+
+    CI caught the difference: three logins reached an idle save queue bounded at 2
+    in one loop iteration, and the third was refused OVERLOADED though no write was
+    out for it to wait behind (test_stalled_mongodb_bounds_the_login_queue).
+    """
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write, max_batch=3, max_waiting=2)
+    burst = [commit.enqueue(i) for i in range(3)]  # the next write takes all three
+    assert await asyncio.gather(*burst) == [0, 10, 20]
+    assert recorder.batches == [[0, 1, 2]]
+    # Idle again: beyond one batch, the bound applies as before (3 + 2 may queue).
+    burst = [commit.enqueue(i) for i in range(5)]
+    with pytest.raises(QueueFull):
+        commit.enqueue(5)
+    assert await asyncio.gather(*burst) == [0, 10, 20, 30, 40]
+    assert recorder.batches[1:] == [[0, 1, 2], [3, 4]]
+
+
 async def test_aclose_waits_for_the_write_in_flight_then_refuses_new_items() -> None:
     """Closing lets the write in flight finish and answer its callers; later submits are refused."""
     recorder = Recorder()
