@@ -42,14 +42,16 @@ BatchWrite = Callable[[Sequence[Item]], Awaitable[Sequence[Result | Exception]]]
 
 
 class QueueFull(Exception):
-    """Too many items already wait for a write; the caller should shed this one."""
+    """Too many items already wait behind a write in flight; the caller should shed this one."""
 
 
 class GroupCommit(Generic[Item, Result]):
     """Coalesces concurrent `submit()`s into calls of `write` with up to `max_batch` items.
 
-    `max_waiting`: submissions beyond this many items waiting behind a write in
-    flight raise QueueFull (what the next write will take does not count).
+    `max_waiting`: while a write is out, every queued item counts against it; with
+    none out, the `max_batch` items the next write takes at once do not. Past it,
+    submissions raise QueueFull, so the queue never holds more than
+    `max_batch + max_waiting`.
     `min_interval`: while the event loop is saturated (it takes longer than
     `busy_lag` to come back to the writer), writes start at most once per this
     many seconds. An item that finds the writer idle is written at once.
@@ -68,8 +70,9 @@ class GroupCommit(Generic[Item, Result]):
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        # Items waiting for a write beyond this are refused (QueueFull): a stalled
-        # database must not grow the queue, and the memory behind it, without end.
+        # Items waiting behind a write in flight beyond this are refused (QueueFull):
+        # a stalled database must not grow the queue, and the memory behind it,
+        # without end (at most max_batch + max_waiting are ever queued).
         self._max_waiting = max_waiting
         self._write = write
         self._max_batch = max_batch
@@ -115,8 +118,9 @@ class GroupCommit(Generic[Item, Result]):
         """Queued items that must wait for a write to finish before theirs can start.
 
         With no write out, the next one takes up to max_batch of the queue at once:
-        those wait for nothing, and shedding them (a burst reaching an idle writer)
-        would refuse work the database is ready for.
+        those wait for no other write (at most the pacing interval), and shedding
+        them (a burst reaching an idle writer) would refuse work the database is
+        ready for.
         """
         queued = len(self._queue)
         return queued if self._writing else max(0, queued - self._max_batch)

@@ -62,6 +62,9 @@ async def test_stalled_mongodb_bounds_the_login_queue(
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             stub = auth_pb2_grpc.AuthServiceStub(channel)
+            # Connected first: the 0.5 s below is for the first login to reach its
+            # write, not for the channel to connect on a busy machine.
+            await asyncio.wait_for(channel.channel_ready(), 10)
             codes = [await emu.code(APP_A, f"frozen-{i}") for i in range(12)]
             pids = mongod_pids(data_dir)
             for pid in pids:

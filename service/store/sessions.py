@@ -79,7 +79,8 @@ class Sessions:
         self._renewals: GroupCommit[_Renewal, None] = GroupCommit(
             self._write_renewals,
             max_batch=max_batch,
-            # Beyond this, a renewal is dropped (and tried again at a later check).
+            # Beyond this many behind a write in flight, a renewal is dropped (and
+            # tried again at a later check).
             max_waiting=_MAX_WAITING_RENEWALS,
             min_interval=batch_interval,
         )
