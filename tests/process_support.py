@@ -72,6 +72,22 @@ def listening_pids(port: int, pids: list[int]) -> set[int]:
     return {pid for pid in pids if _socket_inodes(pid) & listening}
 
 
+def listening_sockets(port: int, pid: int) -> set[str]:
+    """The inodes of `pid`'s sockets listening on `port`."""
+    return _socket_inodes(pid) & _tcp_inodes(port, _LISTEN)
+
+
+def still_listening(port: int, inodes: set[str]) -> bool:
+    """Whether any of these sockets still listens on `port`.
+
+    A killed process shows as a zombie as soon as its main thread is gone; its
+    files close only when its last thread has exited. Until then its listener
+    still takes connections (the kernel spreads them over SO_REUSEPORT
+    listeners), and resets them when it closes.
+    """
+    return bool(inodes & _tcp_inodes(port, _LISTEN))
+
+
 def connections_per_pid(port: int, pids: list[int]) -> dict[int, int]:
     """How many established connections on local port `port` each of `pids` holds."""
     established = _tcp_inodes(port, _ESTABLISHED)
