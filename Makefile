@@ -112,6 +112,7 @@ demo: proto
 bench: proto tools
 	$(PY) -m bench --profile
 	$(PY) -m bench.drivers
+	$(PY) -m bench.login_floor
 
 bench-smoke: proto tools
 	$(PY) -m bench --smoke

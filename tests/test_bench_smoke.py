@@ -105,3 +105,26 @@ def test_only_runs_and_judges_just_the_named_scenarios() -> None:
     judged = evaluate(results, plan)
     assert [target["key"] for target in judged] == ["edge_session_ratio"]
     assert len(evaluate(results, SMOKE)) == len(TARGETS)  # a full run: missing ones MISS
+
+
+def test_login_floor_measures_the_service_and_both_floors(tmp_path: Path) -> None:
+    """bench.login_floor drives the service and both floor servers; every call answered OK."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "floor.json"
+    command = ["bench.login_floor", "--rounds", "1", "--seconds", "1", "--out", str(out)]
+    run = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,  # ~30 s alone
+        check=False,
+    )
+    # Non-zero when any Login was not answered OK (bench.driver checks every status).
+    assert run.returncode == 0, f"login_floor failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"wire", "store", "service"}
+    for name, entry in results.items():
+        assert entry["rps"] > 0, name
+        assert entry["cpu_ms_per_login"] > 0, name
