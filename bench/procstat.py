@@ -143,6 +143,26 @@ def child_pids(parent: int) -> dict[int, str]:
     return found
 
 
+def descendant_pids(parent: int) -> list[int]:
+    """Every process below `parent`: children, and theirs (a service's worker processes)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with suppress(OSError, ValueError):
+            with open(f"/proc/{entry}/stat") as stat:
+                raw = stat.read()
+            parents[int(entry)] = int(raw.rpartition(")")[2].split()[1])
+    found: list[int] = []
+    below = [parent]
+    while below:
+        pid = below.pop()
+        children = [child for child, of in parents.items() if of == pid]
+        found += children
+        below += children
+    return found
+
+
 @dataclass
 class Usage:
     """What one process used over a window of wall time."""
@@ -170,8 +190,9 @@ class Sampler:
         self.pids = {**pids, MACHINE: 0, _TASKS: 0}
         self._interval = interval
         self._series: list[tuple[float, dict[str, float]]] = []
-        # CPU of this process and all its children (stacks, baselines, load generator) by pid:
-        # what the machine did beyond that was somebody else's work.
+        # CPU of this process and everything below it (stacks and their worker processes,
+        # baselines, load generator) by pid: what the machine did beyond that was somebody
+        # else's work.
         self._ours: list[tuple[float, dict[int, float]]] = []
         self._peak_rss = dict.fromkeys(self.pids, 0)
         self._task: asyncio.Task[None] | None = None
@@ -205,7 +226,7 @@ class Sampler:
                 self._peak_rss[name] = max(self._peak_rss[name], rss_bytes(pid))
         self._series.append((now, cpu))
         ours: dict[int, float] = {}
-        for pid in [os.getpid(), *child_pids(os.getpid())]:
+        for pid in [os.getpid(), *descendant_pids(os.getpid())]:
             with suppress(OSError):
                 ours[pid] = cpu_seconds(pid)
         self._ours.append((now, ours))
