@@ -57,7 +57,8 @@ from devtools.children import Child
 from devtools.devstack import DEV_APPS, DevStack, dev_secret_key
 from runtime import event_loop
 from runtime.event_loop import ASYNCIO, UVLOOP
-from service.crypto import SessionKeyCipher, new_token, token_id
+from service.app import settings_store
+from service.crypto import new_token, token_id
 from service.records import LoginReplay, NewLogin
 from service.sessions import _CODE_LIFETIME, _code_id
 from service.settings import Settings
@@ -141,13 +142,7 @@ async def _serve(kind: str) -> None:
         if kind == "store":
             mongo = connect(settings.mongodb_uri or "")
             stack.push_async_callback(mongo.close)
-            store = Store(
-                mongo[settings.database],
-                SessionKeyCipher(settings.secret_key, settings.old_secret_keys),
-                batch_interval=settings.login_batch_interval,
-                max_waiting_logins=settings.max_waiting_logins,
-                max_sessions_per_user=settings.max_sessions_per_user,
-            )
+            store = settings_store(mongo, settings, metrics=None)
             stack.push_async_callback(store.close)
         floor = _Floor(settings, http, store)
         server = grpc.aio.server()

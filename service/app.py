@@ -31,7 +31,7 @@ from service.servicer import AuthServicer, WeChatBound
 from service.session_keys import UserSessionKeys
 from service.sessions import Sessions
 from service.settings import ConfigError, Settings
-from service.store import Store, connect
+from service.store import MongoClient, Store, connect
 from service.tls import ReloadingServerCredentials, TlsFiles
 from service.user_data import UserDataDecryptor
 from service.wechat import WeChatClient, new_http_session
@@ -116,14 +116,7 @@ async def running_service(
             # pymongo's text may quote the URI, password included.
             raise ConfigError("WXLOGIN_MONGODB_URI", "not a valid MongoDB URI") from None
         stack.push_async_callback(mongo_client.close)
-        store = Store(
-            mongo_client[settings.database],
-            SessionKeyCipher(settings.secret_key, settings.old_secret_keys),
-            batch_interval=settings.login_batch_interval,
-            max_waiting_logins=settings.max_waiting_logins,
-            max_sessions_per_user=settings.max_sessions_per_user,
-            metrics=metrics,
-        )
+        store = settings_store(mongo_client, settings, metrics)
         stack.push_async_callback(store.close)
         try:
             await store.ensure_indexes(settings.expired_session_retention)
@@ -303,6 +296,18 @@ async def running_service(
             metrics_port=metrics_port,
             revocations=revocations,
         )
+
+
+def settings_store(client: MongoClient, settings: Settings, metrics: Metrics | None) -> Store:
+    """The store as the settings configure it: the service's, and bench.login_floor's."""
+    return Store(
+        client[settings.database],
+        SessionKeyCipher(settings.secret_key, settings.old_secret_keys),
+        batch_interval=settings.login_batch_interval,
+        max_waiting_logins=settings.max_waiting_logins,
+        max_sessions_per_user=settings.max_sessions_per_user,
+        metrics=metrics,
+    )
 
 
 def _tls(settings: Settings) -> ReloadingServerCredentials | None:
