@@ -30,6 +30,7 @@ from service.app import RunningService, running_service
 from service.embedded_mongo import EmbeddedMongo
 from service.settings import Settings
 from service.store import connect
+from tests.driver_leaks import DriverLeakFilter
 from tests.edge_support import FakeUpstream, fake_upstream
 from tests.support import APPS, APPS_ENV, Emulator, child
 from wxlogin.v1 import auth_pb2_grpc
@@ -38,6 +39,28 @@ SECRET_KEY = os.urandom(32)
 # No test here needs a minute; one that hangs is dumped and interrupted long
 # before CI's limit, instead of silently eating it.
 HANG_SECONDS = float(os.environ.get("WXLOGIN_TEST_HANG_SECONDS", "180"))
+
+
+_driver_leaks: DriverLeakFilter | None = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Wrap pytest's unraisable hook (installed by now) so PyMongo's known socket leak passes.
+
+    tests/driver_leaks.py says which leak, and why only that one.
+    """
+    global _driver_leaks
+    _driver_leaks = DriverLeakFilter(sys.unraisablehook)
+    sys.unraisablehook = _driver_leaks
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _driver_leaks is not None and _driver_leaks.tolerated:
+        terminalreporter.write_line(
+            f"tolerated {_driver_leaks.tolerated} socket(s) leaked by PyMongo's close mid-connect"
+            " (tests/driver_leaks.py)"
+        )
 
 
 @pytest_asyncio.fixture(autouse=True)
