@@ -76,13 +76,14 @@ async def test_pymongo_still_leaks_its_socket_when_closed_mid_connect(mongod: st
                     mongod, serverSelectionTimeoutMS=2000
                 )
                 ping = asyncio.ensure_future(client.admin.command("ping"))
-                # 0-4 ms: around the moment the monitors are connecting.
-                await asyncio.sleep((attempt % 40) / 10_000)
+                # 0-8 ms: around the moment the monitors connect (here leaks came
+                # at 0-7 ms, most at 1 and 3 ms; a loaded machine connects later).
+                await asyncio.sleep((attempt % 80) / 10_000)
                 await client.close()
                 with contextlib.suppress(PyMongoError):
                     await ping
                 gc.collect()
-                if len(leaked) >= 3:
+                if len(leaked) >= 2:
                     break
     finally:
         sys.unraisablehook = previous_hook
