@@ -112,7 +112,18 @@ class GroupCommit(Generic[Item, Result]):
             # A context of its own: the writer serves many calls, and must not
             # carry (and log as) the request id of the call that happened to start it.
             self._writer = asyncio.create_task(self._drain(), context=contextvars.Context())
+            self._writer.add_done_callback(self._writer_done)
         return future
+
+    def _writer_done(self, writer: asyncio.Task[None]) -> None:
+        """A writer cancelled before its first step never ran _drain's `finally`; do it here.
+
+        Otherwise `_writer` would name a dead task, no writer would ever start again, and
+        every item queued would wait forever (loop shutdown cancels every task at once).
+        """
+        if self._writer is writer:  # else _drain's `finally` already let go of it
+            self._writer = None
+            self._fail_leftovers()
 
     def _behind_a_write(self) -> int:
         """Queued items that must wait for a write to finish before theirs can start.
@@ -154,11 +165,14 @@ class GroupCommit(Generic[Item, Result]):
                     await self._pace(started)
         finally:
             self._writer = None
-            # Only on cancellation of this task (loop shutdown) can items remain.
-            while self._queue:
-                _, future = self._queue.popleft()
-                if not future.done():
-                    future.set_exception(RuntimeError("GroupCommit writer stopped"))
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        # Only on cancellation of the writer (loop shutdown) can items remain.
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(RuntimeError("GroupCommit writer stopped"))
 
     async def _pace(self, started: float) -> None:
         """Before the next write: wait out the interval if the loop is saturated."""

@@ -192,6 +192,23 @@ async def test_aclose_waits_for_the_write_in_flight_then_refuses_new_items() -> 
         await commit.submit(5)
 
 
+async def test_a_writer_cancelled_before_it_ran_fails_its_items_and_is_replaced() -> None:
+    """Loop shutdown can cancel the writer before its first step: nothing may wait forever."""
+    recorder = Recorder()
+    commit: GroupCommit[int, int] = GroupCommit(recorder.write)
+    others = asyncio.all_tasks()  # the session's loop runs other fixtures' tasks too
+    stranded = commit.enqueue(1)
+    (writer,) = asyncio.all_tasks() - others
+    writer.cancel()
+    await asyncio.sleep(0)  # the writer's first (and only) step: cancelled
+    await asyncio.sleep(0)  # its done-callbacks run
+    assert stranded.done(), "an item queued for a writer that never ran must not wait forever"
+    with pytest.raises(RuntimeError, match="writer stopped"):
+        stranded.result()
+    assert await asyncio.wait_for(commit.submit(2), timeout=5) == 20  # a new writer starts
+    assert recorder.batches == [[2]]
+
+
 async def _hog(stop: asyncio.Event) -> None:
     """Keep the event loop saturated: every turn of this task blocks it for 5 ms."""
     while not stop.is_set():
