@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import pwd
 import re
 import shutil
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bench.rehearsal.stack import balancer_identity
 from clients.edge.server import SHUTDOWN_GRACE
 from devtools.pki import CertificateAuthority
 from service.app import running_service
@@ -54,6 +59,7 @@ def haproxy_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "WXLOGIN_LB_BACKEND_CA": str(ca.cert_file),
         "WXLOGIN_LB_BACKEND_NAME": "wxlogin-service.internal",
         "WXLOGIN_LB_GRPC_CHECK": str(GRPC_CHECK),
+        **balancer_identity(),
         **{f"WXLOGIN_LB_{name}": f"127.0.0.1:{free_port()}" for name in BACKENDS},
     }
     env.update(overrides)
@@ -85,10 +91,51 @@ def test_haproxy_refuses_the_config_without_its_certificate(tmp_path: Path) -> N
     assert "missing.pem" in run.stdout + run.stderr
 
 
+def _ids(pid: int) -> tuple[list[int], list[int]]:
+    """A process's uids and gids (real, effective, saved, filesystem)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    uid, gid = (
+        [int(n) for n in line.split()[1:]]
+        for key in ("Uid:", "Gid:")
+        for line in status
+        if line.startswith(key)
+    )
+    return uid, gid
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can become another user")
+def test_the_balancer_drops_root_once_its_ports_are_bound(tmp_path: Path) -> None:
+    """Started by root as in production, HAProxy answers as the env file's user, never as root."""
+    user = pwd.getpwnam("haproxy")  # created by Debian's haproxy package (`make tools`)
+    env = haproxy_env(tmp_path, WXLOGIN_LB_USER="haproxy", WXLOGIN_LB_GROUP="haproxy")
+    stats = f"http://{env['WXLOGIN_LB_STATS_BIND']}/stats;csv"
+    balancer = subprocess.Popen(
+        [tool("haproxy"), "-db", "-f", str(HAPROXY_CONFIG)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(stats, timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert balancer.poll() is None, "haproxy exited"
+                assert time.monotonic() < deadline, "haproxy's stats never answered"
+                time.sleep(0.1)
+        uids, gids = _ids(balancer.pid)
+        assert set(uids) == {user.pw_uid}, uids
+        assert set(gids) == {user.pw_gid}, gids
+    finally:
+        balancer.terminate()
+        balancer.wait(timeout=10)
+
+
 def test_the_env_example_sets_every_variable_the_config_reads() -> None:
     """deploy/env/haproxy.env.example names exactly the variables haproxy.cfg expands."""
     wanted = set(re.findall(r"\$\{(WXLOGIN_[A-Z0-9_]+)\}", HAPROXY_CONFIG.read_text()))
-    assert len(wanted) == 11
+    assert len(wanted) == 13
     assert _assigned(ENV / "haproxy.env.example") == wanted
 
 

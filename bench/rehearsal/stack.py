@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import grp
 import io
+import os
+import pwd
 import signal
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -205,6 +208,19 @@ class Stack:
         return True
 
 
+def balancer_identity() -> dict[str, str]:
+    """HAProxy's user and group for the rehearsal: whoever runs it.
+
+    Not `haproxy` as in production: the check it forks lives in this checkout, which
+    that user may not be able to reach (a home directory). tests/test_deploy_lb.py
+    runs the production identity.
+    """
+    return {
+        "WXLOGIN_LB_USER": pwd.getpwuid(os.getuid()).pw_name,
+        "WXLOGIN_LB_GROUP": grp.getgrgid(os.getgid()).gr_name,
+    }
+
+
 def _lb_variable(name: str) -> str:
     """The balancer's variable for a backend's address: "edge-1" -> WXLOGIN_LB_EDGE_1."""
     return "WXLOGIN_LB_" + name.upper().replace("-", "_")
@@ -282,6 +298,7 @@ async def running(workdir: Path, plan: RehearsalPlan) -> AsyncIterator[Stack]:
             "WXLOGIN_LB_BACKEND_CA": str(pki.cert_file),
             "WXLOGIN_LB_BACKEND_NAME": BACKEND_NAME,
             "WXLOGIN_LB_GRPC_CHECK": str(GRPC_CHECK),
+            **balancer_identity(),
             **{_lb_variable(name): f"127.0.0.1:{port}" for name, port in ports.items()},
         }
         balancer = HaProxy(lb_env, logs / "haproxy.log", f"http://127.0.0.1:{stats_port}/stats")
