@@ -60,9 +60,8 @@ from runtime.event_loop import ASYNCIO, UVLOOP
 from service.app import settings_store
 from service.crypto import new_token, token_id
 from service.records import LoginReplay, NewLogin
-from service.sessions import _CODE_LIFETIME, _code_id
 from service.settings import Settings
-from service.store import Store, connect
+from service.store import CODE_LIFETIME, Store, code_id_of, connect
 from wxlogin.v1 import auth_pb2
 
 RESULTS = Path(__file__).parent / "results"
@@ -87,7 +86,7 @@ class _Floor:
 
     async def login(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         request = auth_pb2.LoginRequest.FromString(body)
-        code_id = _code_id(request.app_id, request.code)
+        code_id = code_id_of(request.app_id, request.code)
         owner = secrets.token_hex(8)
         now = datetime.now(UTC)
         # The caller's deadline, as the service passes it down (asyncio's timeouts included).
@@ -98,7 +97,7 @@ class _Floor:
                 code_id,
                 owner,
                 lease_until=now + _LEASE,
-                expires_at=now + _CODE_LIFETIME,
+                expires_at=now + CODE_LIFETIME,
                 deadline=deadline,
             )
             if state is not None:

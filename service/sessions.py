@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,7 +41,7 @@ from service.records import (
     utc_now_ms,
 )
 from service.session_keys import UserSessionKeys
-from service.store import Store, is_user_id
+from service.store import CODE_LIFETIME, Store, code_id_of, is_user_id
 from service.wechat import WeChatClient
 
 log = logging.getLogger("service.auth")
@@ -50,8 +49,6 @@ _quiet = RateLimitedLog(log)
 
 # WeChat's codes are 32 characters; anything far longer is not a code.
 _MAX_CODE_LENGTH = 256
-# A wx.login() code is valid 5 minutes: its answer is kept as long (login_codes).
-_CODE_LIFETIME = timedelta(minutes=5)
 # How long a claim of a code stands before another process may take it over:
 # longer than an exchange can take (WeChat's bounded retries, then MongoDB). An
 # exchange ends with its first caller's deadline, so with one the lease ends a
@@ -119,7 +116,7 @@ class Sessions:
             raise BadRequest("code is too long to be a wx.login() code")
         if self._login_rates is not None:
             self._login_rates.admit(app_id, current_caller())
-        code_id = _code_id(app_id, code)
+        code_id = code_id_of(app_id, code)
         # One exchange per code: callers in this process with the same code share
         # it; other processes wait for its answer in login_codes. Detached from the
         # first caller (within its deadline), so that when that caller goes away
@@ -163,7 +160,7 @@ class Sessions:
                 code_id,
                 owner,
                 lease_until=now + _lease(deadline),
-                expires_at=now + _CODE_LIFETIME,
+                expires_at=now + CODE_LIFETIME,
                 deadline=deadline,
             )
             if state is None:
@@ -435,11 +432,6 @@ class Sessions:
         log_context.note_user(user_id)
         log.info("revoked all sessions user_id=%s revoked=%d", user_id, revoked)
         return revoked
-
-
-def _code_id(app_id: str, code: str) -> str:
-    """What a code is kept under: its SHA-256 with the app's (the code itself is never stored)."""
-    return hashlib.sha256(f"{app_id}\n{code}".encode()).hexdigest()
 
 
 async def _best_effort(write: Awaitable[None]) -> None:

@@ -25,17 +25,19 @@ from service.store._shared import (
 )
 from service.store.access_tokens import AccessTokens
 from service.store.accounts import Accounts
-from service.store.login_codes import LoginCodes
+from service.store.login_codes import CODE_LIFETIME, LoginCodes, code_id_of
 from service.store.logins import Logins
 from service.store.sessions import ChangeHistoryLost, Sessions
 from service.store.users import Users, is_user_id
 
 __all__ = [
+    "CODE_LIFETIME",
     "DURABLE",
     "ChangeHistoryLost",
     "Database",
     "MongoClient",
     "Store",
+    "code_id_of",
     "connect",
     "is_user_id",
 ]

@@ -10,10 +10,11 @@ batch of logins ride with the claims of the next, one round trip for both.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from bson import Binary
@@ -38,6 +39,14 @@ from service.store._shared import (
     timed,
     translated,
 )
+
+# A wx.login() code is valid 5 minutes: its claim and kept answer live as long.
+CODE_LIFETIME = timedelta(minutes=5)
+
+
+def code_id_of(app_id: str, code: str) -> str:
+    """What a code is kept under: its SHA-256 with the app's (the code itself is never stored)."""
+    return hashlib.sha256(f"{app_id}\n{code}".encode()).hexdigest()
 
 
 class _Claim(NamedTuple):
