@@ -16,10 +16,10 @@ export interface User {
   accountId: string;
 }
 
-/** A live session behind a token. */
+/** A live session behind a token (frozen: with a SessionCache, callers of a token share it). */
 export interface Session {
-  user: User;
-  expiresAt: Date;
+  readonly user: Readonly<User>;
+  readonly expiresAt: Date;
 }
 
 /** A new session. The token goes to the mini-program and nowhere else (util.inspect hides it). */
@@ -98,6 +98,34 @@ export interface ClientOptions {
   retry?: Partial<RetryPolicy>;
   /** grpc-js channel options, over the client's defaults (quick reconnects, keepalive). */
   channelOptions?: ChannelOptions;
+  /** Opt-in: checkSession answers from this memory for up to its maxAgeMs (see SessionCache). */
+  sessionCache?: SessionCache;
+}
+
+export interface SessionCacheOptions {
+  /** How long an answer is used after wxlogin gave it (default 2000); never past expiresAt. */
+  maxAgeMs?: number;
+  /** Least recently used entries beyond this are dropped (default 10000). */
+  maxEntries?: number;
+  /** Milliseconds on a clock that never goes back (tests). */
+  monotonic?: () => number;
+  /** Milliseconds since the epoch (tests). */
+  now?: () => number;
+}
+
+/**
+ * A short-lived memory of checkSession answers, keyed by SHA-256 digests (it holds no token).
+ * A session revoked elsewhere stays accepted here for up to maxAgeMs; a revoke through the
+ * same client drops it at once.
+ */
+export declare class SessionCache {
+  constructor(options?: SessionCacheOptions);
+  readonly maxAgeMs: number;
+  readonly size: number;
+  get(token: string): Session | null;
+  put(token: string, session: Session): void;
+  drop(token: string): void;
+  dropUser(userId: string): void;
 }
 
 export interface CallOptions {
@@ -115,6 +143,7 @@ export declare const DOMAIN: 'wxlogin';
 export declare class WxLoginClient {
   constructor(target: string, options?: ClientOptions);
   readonly deadlines: Readonly<Deadlines>;
+  readonly sessionCache: SessionCache | null;
   readonly retry: Readonly<RetryPolicy>;
   /** Exchange a wx.login() code for a session; `appId` may be empty when one app is configured. */
   login(code: string, options?: CallOptions & { appId?: string }): Promise<LoginResult>;

@@ -12,12 +12,14 @@ const errors = require('./lib/errors');
 const httpErrors = require('./lib/http-errors');
 const { bearerToken } = require('./lib/bearer');
 const { bearerAuth } = require('./lib/middleware');
+const { SessionCache } = require('./lib/session-cache');
 const upstream = require('./lib/upstream');
 
 module.exports = {
   ...errors,
   connect: client.connect,
   WxLoginClient: client.WxLoginClient,
+  SessionCache,
   DEFAULT_DEADLINES: client.DEFAULT_DEADLINES,
   DEFAULT_RETRY: client.DEFAULT_RETRY,
   bearerAuth,

@@ -10,6 +10,7 @@ const util = require('node:util');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { DeadlineExceeded, ServiceUnavailable, fromServiceError } = require('./errors');
+const { SessionCache } = require('./session-cache');
 const { CALLER_KEY_METADATA, isCallerKey } = require('./upstream');
 
 const PROTO_FILE = path.join('wxlogin', 'v1', 'auth.proto');
@@ -146,10 +147,15 @@ class WxLoginClient {
    * @param {string} target host:port of wxlogin
    * @param {object} [options] { tls, callerKey, deadlines, retry, channelOptions }
    */
-  constructor(target, { tls, callerKey, deadlines, retry, channelOptions } = {}) {
+  constructor(target, { tls, callerKey, deadlines, retry, channelOptions, sessionCache } = {}) {
     if (callerKey != null && !isCallerKey(callerKey)) {
       throw new TypeError('a caller key is 16-256 printable ASCII characters, no spaces');
     }
+    if (sessionCache != null && !(sessionCache instanceof SessionCache)) {
+      throw new TypeError('sessionCache is a SessionCache (new SessionCache({ maxAgeMs }))');
+    }
+    // Opt-in (lib/session-cache.js): checkSession answers from memory for up to maxAgeMs.
+    this.sessionCache = sessionCache == null ? null : sessionCache;
     this._callerKey = callerKey == null ? null : callerKey;
     this.deadlines = Object.freeze({ ...DEFAULT_DEADLINES, ...(deadlines || {}) });
     this.retry = Object.freeze({ ...DEFAULT_RETRY, ...(retry || {}) });
@@ -170,12 +176,19 @@ class WxLoginClient {
 
   /** The user and expiry behind a token; SessionInvalid or SessionExpired otherwise. */
   async checkSession(token, { deadlineMs, requestId } = {}) {
+    if (this.sessionCache !== null) {
+      const cached = this.sessionCache.get(token);
+      if (cached !== null) return cached;
+    }
     const reply = await this._call('CheckSession', { token }, {
       budgetMs: deadlineMs ?? this.deadlines.checkSession,
       idempotent: true,
       requestId,
     });
-    return { user: toUser(reply.user), expiresAt: toDate(reply.expires_at) };
+    // Frozen: a cached session is shared by every caller of the token, none may change it.
+    const session = Object.freeze({ user: Object.freeze(toUser(reply.user)), expiresAt: toDate(reply.expires_at) });
+    if (this.sessionCache !== null) this.sessionCache.put(token, session);
+    return session;
   }
 
   /**
@@ -198,6 +211,7 @@ class WxLoginClient {
 
   /** End a session now (log out); unknown and already revoked tokens are fine. */
   async revokeSession(token, { deadlineMs, requestId } = {}) {
+    if (this.sessionCache !== null) this.sessionCache.drop(token);
     await this._call('RevokeSession', { token }, {
       budgetMs: deadlineMs ?? this.deadlines.revokeSession,
       idempotent: true,
@@ -213,6 +227,13 @@ class WxLoginClient {
       idempotent: true,
       requestId,
     });
+    if (this.sessionCache !== null) {
+      // This client's cache forgets the user; other processes' caches keep serving the user's
+      // other tokens for their maxAgeMs at most.
+      const cached = token ? this.sessionCache.get(token) : null;
+      this.sessionCache.dropUser(cached !== null ? cached.user.userId : userId);
+      if (token) this.sessionCache.drop(token);
+    }
     return reply.revoked;
   }
 

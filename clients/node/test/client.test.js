@@ -126,6 +126,42 @@ test('revokeSession logs out (idempotent); revokeAllSessions ends every session 
   await assert.rejects(client().revokeAllSessions({ token: 'a', userId: 'b' }), TypeError);
 });
 
+test('with a session cache, checkSession answers from memory; a revoke through the same client ends that at once', async () => {
+  const cached = client({ sessionCache: new wx.SessionCache({ maxAgeMs: 60000 }) });
+  const login = await logIn();
+  const session = await cached.checkSession(login.token);
+  assert.ok(Object.isFrozen(session) && Object.isFrozen(session.user));
+  assert.equal(cached.sessionCache.size, 1);
+  await client().revokeSession(login.token); // revoked elsewhere
+  await assert.rejects(client().checkSession(login.token), wx.SessionInvalid);
+  // The price of the cache: up to maxAgeMs more here.
+  assert.equal(await cached.checkSession(login.token), session);
+  await cached.revokeSession(login.token);
+  await assert.rejects(cached.checkSession(login.token), wx.SessionInvalid);
+  assert.equal(cached.sessionCache.size, 0, 'a rejected token is not remembered');
+});
+
+test("with a session cache, revokeAllSessions forgets every one of the user's tokens", async () => {
+  const cached = client({ sessionCache: new wx.SessionCache({ maxAgeMs: 60000 }) });
+  const user = newUser();
+  const one = await cached.login(await wxCode(user), { appId: env.APP_ID });
+  const two = await cached.login(await wxCode(user), { appId: env.APP_ID });
+  await cached.checkSession(one.token);
+  await cached.checkSession(two.token);
+  assert.equal(await cached.revokeAllSessions({ token: one.token }), 2);
+  await assert.rejects(cached.checkSession(one.token), wx.SessionInvalid);
+  await assert.rejects(cached.checkSession(two.token), wx.SessionInvalid);
+  assert.throws(() => client({ sessionCache: { maxAgeMs: 1000 } }), TypeError);
+});
+
+test('with a session cache, an expired session is never served from memory', async () => {
+  const short = client({ target: env.SHORT_TTL_TARGET, callerKey: undefined, sessionCache: new wx.SessionCache({ maxAgeMs: 60000 }) });
+  const login = await short.login(await wxCode(newUser()), { appId: env.APP_ID });
+  await short.checkSession(login.token);
+  await new Promise((resolve) => setTimeout(resolve, 1500)); // that service's sessions live 1 s unused
+  await assert.rejects(short.checkSession(login.token), wx.SessionExpired);
+});
+
 test('the caller key is sent: refused without one or with an unknown one, limited by its grant', async () => {
   const login = await logIn();
   const noKey = client({ callerKey: undefined });

@@ -5,6 +5,7 @@ import {
   bearerAuth,
   CallerError,
   connect,
+  SessionCache,
   SessionExpired,
   upstreamFromEnv,
   WxLoginError,
@@ -16,7 +17,13 @@ import {
 } from '..';
 
 const { target, ...options } = upstreamFromEnv(process.env);
-const client = connect(target, { ...options, deadlines: { checkSession: 1500 } });
+const client = connect(target, {
+  ...options,
+  deadlines: { checkSession: 1500 },
+  sessionCache: new SessionCache({ maxAgeMs: 1000, maxEntries: 5000 }),
+});
+// @ts-expect-error: a cache's age is a number of milliseconds
+new SessionCache({ maxAgeMs: '2s' });
 const auth = bearerAuth(client, { public: (req) => req.url === '/healthz' });
 
 http.createServer((req, res) => {
@@ -34,6 +41,8 @@ export async function whoIs(token: string): Promise<string> {
   try {
     const session: Session = await client.checkSession(token, { deadlineMs: 500, requestId: 'r-1' });
     const expires: Date = session.expiresAt;
+    // @ts-expect-error: a session is frozen (with a cache, every caller of the token shares it)
+    session.user.openid = 'someone else';
     return `${session.user.openid} until ${expires.toISOString()}`;
   } catch (error) {
     if (error instanceof SessionExpired) return 'log in again';
