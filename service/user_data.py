@@ -13,11 +13,13 @@ code; DECRYPT_FAILED if it is (the data itself is bad).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from runtime.ratelimited_log import RateLimitedLog
 from service import crypto
 from service.errors import (
     BadRequest,
@@ -41,6 +43,8 @@ KeyIsCurrent = Callable[[UserRecord, str, float | None], Awaitable[bool | None]]
 log = logging.getLogger("service.auth")
 
 _MAX_FIELD_LENGTH = 1 << 20  # encryptedData of a phone number is ~200 bytes
+# WeChat's unionids are 28-29 URL-safe base64 characters; room to spare, none for junk.
+_UNIONID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 # WeChat's codes are 32 characters; anything far longer is not a code.
 _MAX_CODE_LENGTH = 256
 
@@ -74,6 +78,8 @@ class UserDataDecryptor:
         self._wechat = wechat
         self._key_is_current = key_is_current
         self._now = now
+        # One line a minute per cause: a sender of forged data must not flood the log.
+        self._quiet = RateLimitedLog(log)
 
     async def decrypt(
         self,
@@ -125,8 +131,36 @@ class UserDataDecryptor:
                 )
         unionid = decrypted.data.get("unionId")
         if isinstance(unionid, str) and unionid:
-            await self._sessions.learn_unionid(record.user, unionid, deadline=deadline)
+            await self._link(record.user, decrypted.data, unionid, deadline)
         return decrypted
+
+    async def _link(
+        self, user: UserRecord, data: Mapping[str, Any], unionid: str, deadline: float | None
+    ) -> None:
+        """Link the user's account by a decrypted unionId, if the data can only be theirs.
+
+        encryptedData is AES-CBC without a MAC: whoever sends it picks the IV, and so
+        the first block it opens to, and may drop blocks from its front. A forged
+        `{"unionId": "` block followed by the sender's own nickname opens, genuine
+        watermark and all, to any unionId they like (another person's account). Every
+        wx.getUserInfo payload starts with the user's openId, which such a forgery
+        loses: link only when the data names the session's openId, and only a unionId
+        shaped like WeChat's (it is stored, and answered on every CheckSession).
+        """
+        if data.get("openId") != user.openid:
+            why = "its openId is not the session's"
+        elif not _UNIONID.fullmatch(unionid):
+            why = "it is not shaped like a unionid"
+        else:
+            await self._sessions.learn_unionid(user, unionid, deadline=deadline)
+            return
+        self._quiet.log(
+            logging.WARNING,
+            f"unlinked: {why}",
+            "decrypted unionId not linked for user_id=%s: %s",
+            user.user_id,
+            why,
+        )
 
     async def _retry_with_fresh_key(
         self,

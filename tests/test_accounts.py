@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import time
 from typing import Any
 
 import grpc
@@ -69,7 +72,9 @@ async def test_a_unionid_in_decrypted_data_links_the_user(
     """wx.getUserInfo's unionId, decrypted, links the user; the other app's user joins it."""
     first = await login(stub, emu, APP_A, "acc-decrypt")
     bundle = await emu.user_data(
-        APP_A, "acc-decrypt", data={"nickName": "D", "unionId": "union-acc-decrypt"}
+        APP_A,
+        "acc-decrypt",
+        data={"openId": first.user.openid, "nickName": "D", "unionId": "union-acc-decrypt"},
     )
     await stub.DecryptUserData(
         auth_pb2.DecryptUserDataRequest(
@@ -81,6 +86,88 @@ async def test_a_unionid_in_decrypted_data_links_the_user(
     await emu.setup_user(APP_B, "acc-decrypt", unionid="union-acc-decrypt")
     other = await login(stub, emu, APP_B, "acc-decrypt")
     assert other.user.account_id == first.user.user_id
+
+
+def forged_unionid_blob(plain: bytes, bundle: dict[str, str], unionid: str) -> dict[str, str]:
+    """`bundle` (encrypting `plain`) cut and re-keyed so that it opens as `{"unionId": unionid...`.
+
+    AES-CBC has no MAC: the sender picks the IV, so the first block it opens to, and may drop
+    blocks from the front. `unionid` must start a block of `plain` (the sender's own nickname).
+    """
+    start = plain.index(unionid.encode())
+    assert start % 16 == 0, "the nickname's filler must align the unionid"
+    assert start >= 16
+    forged = b'{"unionId":    "'
+    assert len(forged) == 16
+    ciphertext = base64.b64decode(bundle["encryptedData"])
+    chain = base64.b64decode(bundle["iv"]) + ciphertext  # C[-1] = iv
+    cut = start - 16  # the forged block replaces plaintext block cut // 16
+    previous = chain[cut : cut + 16]  # the ciphertext block before it (or the iv)
+    iv = bytes(a ^ b ^ c for a, b, c in zip(previous, plain[cut:start], forged, strict=True))
+    return {
+        "encryptedData": base64.b64encode(ciphertext[cut:]).decode(),
+        "iv": base64.b64encode(iv).decode(),
+    }
+
+
+async def test_a_unionid_forged_into_the_senders_own_data_links_nothing(
+    stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator
+) -> None:
+    """A user can't join another person's account by re-keying their own encryptedData.
+
+    The victim's unionid is in the attacker's nickname; the forged data opens, watermark and
+    all, as `{"unionId": "<victim's>", ...}` but without the attacker's openId, which every
+    wx.getUserInfo payload starts with: the service answers the data and links nothing.
+    """
+    victim_unionid = "oVictimUnion0123456789abcdef"
+    await emu.setup_user(APP_B, "acc-victim", unionid=victim_unionid)
+    victim = await login(stub, emu, APP_B, "acc-victim")
+    attacker = await login(stub, emu, APP_A, "acc-attacker")
+    stamp = int(time.time())
+    for filler in range(16):  # a nickname that puts the victim's unionid at a block's start
+        data = {
+            "openId": attacker.user.openid,
+            "nickName": "x" * filler + victim_unionid,
+            "gender": 0,
+            "watermark": {"appid": APP_A, "timestamp": stamp},
+        }
+        plain = json.dumps(data, ensure_ascii=False).encode()
+        if plain.index(victim_unionid.encode()) % 16 == 0:
+            break
+    payload = {k: v for k, v in data.items() if k != "watermark"}
+    bundle = await emu.user_data(APP_A, "acc-attacker", data=payload, watermark_timestamp=stamp)
+    forged = forged_unionid_blob(plain, bundle, victim_unionid)
+    reply = await stub.DecryptUserData(
+        auth_pb2.DecryptUserDataRequest(
+            token=attacker.token, encrypted_data=forged["encryptedData"], iv=forged["iv"]
+        )
+    )
+    assert reply.data["unionId"] == victim_unionid  # the forgery opens...
+    assert "openId" not in reply.data
+    user = await checked(stub, attacker.token)  # ...and links nothing
+    assert (user.unionid, user.account_id) == ("", attacker.user.user_id)
+    assert user.account_id != victim.user.account_id
+
+
+async def test_a_unionid_in_data_of_another_openid_or_of_no_unionid_shape_links_nothing(
+    stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator
+) -> None:
+    """Decrypted data links only with the session's own openId and a unionId shaped like one."""
+    user = await login(stub, emu, APP_A, "acc-shapes")
+    for data in (
+        {"openId": "o-somebody-else", "unionId": "union-acc-shapes"},
+        {"unionId": "union-acc-shapes"},  # no openId at all
+        {"openId": user.user.openid, "unionId": "u" * 100_000},
+        {"openId": user.user.openid, "unionId": "union acc shapes"},
+    ):
+        bundle = await emu.user_data(APP_A, "acc-shapes", data=data)
+        await stub.DecryptUserData(
+            auth_pb2.DecryptUserDataRequest(
+                token=user.token, encrypted_data=bundle["encryptedData"], iv=bundle["iv"]
+            )
+        )
+        linked = await checked(stub, user.token)
+        assert (linked.unionid, linked.account_id) == ("", user.user.user_id), data
 
 
 async def test_first_logins_racing_in_two_processes_open_one_account(
