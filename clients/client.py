@@ -15,7 +15,13 @@ import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients._errors import DeadlineExceeded, ServiceUnavailable, WxLoginError, from_rpc_error
+from clients._errors import (
+    DeadlineExceeded,
+    InternalError,
+    ServiceUnavailable,
+    WxLoginError,
+    from_rpc_error,
+)
 from clients._models import AccessToken, LoginResult, PhoneNumber, Session, User, UserData
 from clients._upstream import CALLER_KEY_METADATA, TlsConfig, is_caller_key
 from clients.session_cache import SessionCache
@@ -380,7 +386,12 @@ class WxLoginClient:
         attempt = 1
         while True:
             try:
-                return await rpc(request, timeout=deadline - loop.time(), metadata=metadata)
+                reply = await rpc(request, timeout=deadline - loop.time(), metadata=metadata)
+                if reply is None:
+                    # grpc's way of saying it could not decode the answer (e.g. a Struct
+                    # nested past protobuf's 100 levels): an error, never a None to use.
+                    raise InternalError("wxlogin's answer could not be decoded")
+                return reply
             except grpc.aio.AioRpcError as failure:
                 error: WxLoginError = from_rpc_error(failure)
                 cause = failure
@@ -445,7 +456,12 @@ def _watermark(
 
 
 def _struct(data: struct_pb2.Struct) -> dict[str, Any]:
-    plain = _plain_numbers(json_format.MessageToDict(data))
+    try:
+        converted = json_format.MessageToDict(data)
+    except (ValueError, RecursionError):
+        # NaN or Infinity (no JSON holds them), or nesting past Python's stack.
+        raise InternalError("wxlogin's answer holds data that is not JSON") from None
+    plain = _plain_numbers(converted)
     assert isinstance(plain, dict)  # a Struct is always a JSON object
     return plain
 

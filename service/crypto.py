@@ -7,9 +7,11 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -170,12 +172,68 @@ def decrypt_user_data(session_key: str, encrypted_data: str, iv: str) -> dict[st
     try:
         plain = unpadder.update(decryptor.update(ciphertext) + decryptor.finalize())
         plain += unpadder.finalize()
-        data = json.loads(plain.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(
+            plain.decode("utf-8"),
+            parse_constant=_not_json,
+            parse_float=_finite_float,
+            parse_int=_double_int,
+        )
+    except _BeyondADouble:
+        raise BadRequest("a number in the data is beyond a double's range") from None
+    # RecursionError: nested deeper than Python's stack (json's C reader recurses).
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise DecryptFailed() from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or _too_deep(data):
         raise DecryptFailed()
     return data
+
+
+# The data goes out as a google.protobuf.Struct, whose numbers are doubles and which
+# protobuf reads only 100 levels deep; WeChat's payloads are 2 levels deep, JSON
+# proper, and their numbers small. Anything else answered as data broke the readers:
+# a NaN is no JSON (the edge answered 500), a Struct past 100 levels no client could
+# read. So the plaintext is read as strict JSON, at most _MAX_DEPTH levels deep.
+_MAX_DEPTH = 32
+
+
+class _BeyondADouble(Exception):
+    """A JSON number no double holds (a Struct could not carry it)."""
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BeyondADouble()
+    return value
+
+
+def _double_int(text: str) -> int:
+    value = int(text)  # over 4,300 digits: ValueError (Python's own limit)
+    if abs(value) > _DOUBLE_MAX:
+        raise _BeyondADouble()
+    return value
+
+
+_DOUBLE_MAX = int(sys.float_info.max)
+
+
+def _too_deep(data: dict[str, Any]) -> bool:
+    """True when containers nest more than _MAX_DEPTH levels (the outer object is level 1)."""
+    level: list[Any] = [data]
+    for _ in range(_MAX_DEPTH):
+        level = [
+            child
+            for container in level
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def signature_matches(raw_data: str, session_key: str, signature: str) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from google.protobuf import struct_pb2
 
 import clients
 from clients import _errors
@@ -24,6 +25,7 @@ from tests.edge_support import (
     ttl_monitor_paused,
 )
 from tests.support import APP_A, Emulator
+from wxlogin.v1 import auth_pb2
 
 QUICK_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02)
 
@@ -194,6 +196,32 @@ async def test_other_failures_are_not_retried(
     with pytest.raises(clients.SessionExpired):
         await fake_client.check_session("wxl1_token")
     assert len(fake.auth.calls_to("CheckSession")) == 1
+
+
+def _nan(data: struct_pb2.Struct) -> None:
+    data.fields["a"].number_value = float("nan")
+
+
+def _150_deep(data: struct_pb2.Struct) -> None:
+    """{"a": {"a": ... }} 150 levels deep, built in place (a copy would not decode either)."""
+    for _ in range(149):
+        data = data.fields["a"].struct_value
+
+
+@pytest.mark.parametrize("fill", [_nan, _150_deep], ids=["NaN", "depth-150"])
+async def test_an_answer_the_client_cannot_read_is_an_internal_error(
+    fake: FakeUpstream, fake_client: WxLoginClient, fill: Callable[[struct_pb2.Struct], None]
+) -> None:
+    """Data no JSON can hold, or a reply grpc could not decode: InternalError, never a crash.
+
+    A backend branches on WxLoginError; a ValueError or AttributeError from inside the
+    client (what these were) reached the edge as an unhandled error and a traceback.
+    """
+    reply = auth_pb2.DecryptUserDataResponse()
+    fill(reply.data)
+    fake.auth.will("DecryptUserData", reply)
+    with pytest.raises(clients.InternalError):
+        await fake_client.decrypt_user_data("wxl1_token", "ZGF0YQ==", "aXY=")
 
 
 async def test_deadline_covers_the_whole_call(fake: FakeUpstream) -> None:

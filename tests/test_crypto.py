@@ -7,6 +7,7 @@ import base64
 import pytest
 from cryptography.exceptions import InvalidTag
 
+from emulator import crypto as emulator_crypto
 from service import crypto
 from service.errors import BadRequest, DecryptFailed
 
@@ -52,3 +53,49 @@ def test_sealed_session_key_is_bound_to_its_session() -> None:
     assert cipher.open(blob, "session-1") == "c2Vzc2lvbmtleTEyMzQ1Ng=="
     with pytest.raises(InvalidTag):
         cipher.open(blob, "session-2")
+
+
+def _sealed(plaintext: bytes) -> tuple[str, str, str]:
+    """(session_key, encryptedData, iv) that open to `plaintext`, as WeChat would seal them."""
+    key = base64.b64encode(b"k" * 16).decode()
+    encrypted, iv = emulator_crypto.encrypt(key, plaintext)
+    return key, encrypted, iv
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"a": -Infinity}',
+        b'{"a": ' + b"[" * 33 + b"]" * 33 + b"}",  # deeper than any WeChat payload
+        b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # deeper than Python's stack
+    ],
+    ids=["NaN", "Infinity", "-Infinity", "depth-34", "depth-100001"],
+)
+def test_data_no_json_reader_could_take_is_decrypt_failed(plaintext: bytes) -> None:
+    """Not JSON (NaN, Infinity), or nested past what a Struct can travel: DECRYPT_FAILED.
+
+    Answered as data, a NaN broke the clients' JSON and the edge answered 500; a Struct
+    nested past protobuf's 100 levels could not be read by the client at all.
+    """
+    with pytest.raises(DecryptFailed):
+        crypto.decrypt_user_data(*_sealed(plaintext))
+
+
+@pytest.mark.parametrize("number", [b"1e999", b"-1e999", b"1" + b"0" * 400])
+def test_a_number_beyond_a_double_is_a_bad_request(number: bytes) -> None:
+    """Valid JSON that no Struct can hold (its numbers are doubles): BAD_REQUEST, as before."""
+    with pytest.raises(BadRequest):
+        crypto.decrypt_user_data(*_sealed(b'{"a": ' + number + b"}"))
+
+
+def test_data_as_deep_as_the_limit_still_opens() -> None:
+    """32 levels (WeChat's payloads have 2) and ordinary numbers open as they are."""
+    plaintext = b'{"a": ' + b"[" * 31 + b"1.5e3" + b"]" * 31 + b', "b": -7}'
+    data = crypto.decrypt_user_data(*_sealed(plaintext))
+    assert data["b"] == -7
+    inner = data["a"]
+    for _ in range(31):
+        inner = inner[0]
+    assert inner == 1500.0

@@ -213,3 +213,16 @@ async def test_a_number_no_struct_can_hold_is_a_bad_request(
         grpc.StatusCode.INVALID_ARGUMENT,
         "BAD_REQUEST",
     )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["NaN", "Infinity"])
+async def test_data_that_is_not_json_is_decrypt_failed_never_answered(
+    stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, value: float
+) -> None:
+    """NaN and Infinity open but are no JSON: DECRYPT_FAILED (as data, they broke the edge)."""
+    token = await logged_in(stub, emu, "not-json")
+    blob = await emu.user_data(APP_A, "not-json", data={"n": value})
+    assert await decrypt_error(stub, decrypt_request(token, blob)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DECRYPT_FAILED",
+    )
