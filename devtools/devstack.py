@@ -33,6 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import TlsConfig, UpstreamConfig, open_channel
+from clients.edge.app import RPCS as EDGE_RPCS
 from devtools.children import Child, ChildError
 from devtools.replica_set import ReplicaSet
 from runtime.config import ConfigError
@@ -51,14 +52,7 @@ REPLICAS_VARIABLE = "WXLOGIN_DEV_MONGO_REPLICAS"
 # the RPCs it forwards; a backend checks sessions and decrypts; the demo shows all,
 # the app's access_token included (granted only by name, see service/callers.py).
 DEV_CALLERS: Mapping[str, tuple[str, ...]] = {
-    "edge": (
-        "Login",
-        "CheckSession",
-        "DecryptUserData",
-        "RevokeSession",
-        "RevokeAllSessions",
-        "GetPhoneNumber",
-    ),
+    "edge": EDGE_RPCS,
     "backend": ("CheckSession", "DecryptUserData", "RevokeSession"),
     "demo": ("*", "GetAccessToken"),
 }

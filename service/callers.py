@@ -6,7 +6,8 @@ WXLOGIN_CALLERS_FILE is TOML, one table per caller:
     key_sha256 = "9f86d081884c7d65..."     # SHA-256 (hex) of the key it sends as
                                            # metadata x-wxlogin-caller-key; a list
                                            # during a key change
-    rpcs = ["Login", "CheckSession", "DecryptUserData", "RevokeSession"]
+    rpcs = ["Login", "CheckSession", "DecryptUserData", "GetPhoneNumber",
+            "RevokeSession", "RevokeAllSessions"]   # the edge's (clients/edge/app.py RPCS)
     apps = ["*"]
     login_rate = 200                       # optional: its Logins per second, at most
 

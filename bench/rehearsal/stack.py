@@ -28,6 +28,7 @@ from bench.chaos.stack import clean_env
 from bench.fixtures import Emulator
 from bench.rehearsal.plan import RehearsalPlan
 from clients import TlsConfig
+from clients.edge.app import RPCS as EDGE_RPCS
 from devtools.children import Child
 from devtools.devstack import DEV_APPS, dev_caller_keys, dev_secret_key, write_dev_callers
 from devtools.pki import CertificateAuthority
@@ -43,7 +44,7 @@ BACKEND_NAME = "wxlogin-service.internal"
 # The rehearsal's callers: the edges, and a backend that logs users in (a mini-program's own
 # server) and checks sessions, as one caller.
 CALLERS: dict[str, tuple[str, ...]] = {
-    "edge": ("Login", "CheckSession", "DecryptUserData", "RevokeSession", "RevokeAllSessions"),
+    "edge": EDGE_RPCS,
     "backend": ("Login", "CheckSession", "DecryptUserData"),
 }
 SERVICES = ("service-1", "service-2")

@@ -53,6 +53,17 @@ REQUEST_ID_HEADER = "X-Request-Id"
 SERVER_HEADER = "wxlogin-edge"
 # A mini-program's largest body is encryptedData of a user profile: a few KB.
 MAX_BODY_BYTES = 64 * 1024
+# Every RPC the routes below call: the edge's entry in wxlogin's callers file needs all of
+# them (a missing one answers its route 500 CALLER_FORBIDDEN). The dev stack and the
+# rehearsal grant exactly these; tests/test_edge_rpcs.py holds the README's example to them.
+RPCS = (
+    "Login",
+    "CheckSession",
+    "DecryptUserData",
+    "GetPhoneNumber",
+    "RevokeSession",
+    "RevokeAllSessions",
+)
 
 
 def init_app(
