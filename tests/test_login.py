@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -208,12 +209,17 @@ async def test_blocked_user_is_user_blocked(
 
 
 async def test_wrong_secret_is_wechat_error_with_errcode(
-    start_stub: StubFactory, emu: Emulator
+    start_stub: StubFactory, emu: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A misconfigured secret (WeChat 40125) is WECHAT_ERROR with the errcode, no secret."""
+    """A misconfigured secret (WeChat 40125) is WECHAT_ERROR with the errcode, no secret.
+
+    The operator reads what to fix, once a minute, not once per login.
+    """
+    caplog.set_level(logging.ERROR, logger="service.wechat")
     async with start_stub(apps={APP_A: "wrong-secret"}) as stub:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await login(stub, await emu.code(APP_A, "hank"))
+        for attempt in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await login(stub, await emu.code(APP_A, f"hank-{attempt}"))
     info = error_info(caught.value)
     assert (info.code, info.reason, info.metadata) == (
         grpc.StatusCode.UNAVAILABLE,
@@ -221,6 +227,12 @@ async def test_wrong_secret_is_wechat_error_with_errcode(
         {"errcode": "40125"},
     )
     assert "wrong-secret" not in info.message
+    lines = [r.getMessage() for r in caplog.records if r.name == "service.wechat"]
+    assert len(lines) == 1, lines
+    assert "jscode2session" in lines[0]
+    assert "errcode 40125" in lines[0]
+    assert "secret in WXLOGIN_APPS" in lines[0]
+    assert "wrong-secret" not in lines[0]
 
 
 # What WeChat can do that is worth a retry: errcode -1, 5xx, a dropped connection.

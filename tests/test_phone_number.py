@@ -118,6 +118,13 @@ async def test_a_phone_code_works_once(
     unknown = await number_error(stub, token, "nosuchphonecode")
     assert unknown[:2] == (grpc.StatusCode.UNAUTHENTICATED, "CODE_INVALID")
     assert unknown[2]["errcode"] == "40029"
+    # The advice is the button's, not wx.login()'s (that would not get a new phone code).
+    for phone_code_again in (phone_code, "nosuchphonecode"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await get_number(stub, token, phone_code_again)
+        message = error_info(caught.value).message
+        assert "getPhoneNumber" in message, message
+        assert "wx.login" not in message, message
 
 
 @pytest.mark.parametrize(

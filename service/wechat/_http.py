@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
+from runtime.ratelimited_log import RateLimitedLog
 from service.deadlines import budget
-from service.errors import WeChatError, WeChatUnavailable, WxLoginError
+from service.errors import CodeInvalid, WeChatError, WeChatUnavailable, WxLoginError
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -51,6 +52,18 @@ ACCESS_TOKEN_REJECTED = frozenset({40001, 40014, 42001})
 _MIN_ATTEMPT_SECONDS = 0.05
 
 
+# Errcodes only an operator can fix, whichever API answers them, and what to do: logged
+# (once a minute per API, app and errcode) with the error every caller gets.
+OPERATOR_HINTS: Mapping[int, str] = {
+    40164: (
+        "this server's IP address is not in the app's API IP whitelist: add it in the "
+        "mini-program's admin console (Development > Development settings > IP whitelist)"
+    ),
+    40013: "WeChat does not know this appid: check WXLOGIN_APPS",
+    40125: "the app secret in WXLOGIN_APPS is wrong (or was reset in the admin console): update it",
+}
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One WeChat API and what its errcodes mean; any errcode not listed is WECHAT_ERROR."""
@@ -60,6 +73,14 @@ class Endpoint:
     # The errcode that says the single-use credential sent (a code) is spent.
     spent_errcode: int | None = None
     uses_access_token: bool = False
+    # What the code sent is called, and how the caller gets a fresh one (after "used").
+    code_name: str = "login code"
+    fresh_code: str = "call wx.login() again"
+    # Operator hints of this API's own, over OPERATOR_HINTS.
+    hints: Mapping[int, str] = field(default_factory=dict)
+
+    def hint(self, errcode: int) -> str | None:
+        return self.hints.get(errcode) or OPERATOR_HINTS.get(errcode)
 
 
 class AccessTokenRejected(WeChatError):
@@ -134,6 +155,52 @@ class WeChatHttp:
         self._total_timeout = total_timeout
         self._backoff = backoff
         self._sleep = sleep
+        # A misconfigured app fails every call: one line per API, app and errcode a minute.
+        self._quiet = RateLimitedLog(log)
+
+    def _checked(
+        self, endpoint: Endpoint, app_id: str, payload: dict[str, Any], *, ambiguous: bool
+    ) -> dict[str, Any]:
+        """The payload when its errcode is 0 (or absent); the endpoint's error otherwise."""
+        errcode = payload.get("errcode", 0)
+        if isinstance(errcode, bool) or not isinstance(errcode, int):
+            raise WeChatError("WeChat answered a malformed errcode")
+        if errcode == 0:
+            return payload
+        if errcode == SYSTEM_BUSY:
+            raise _Retryable("errcode -1 (system busy)", ambiguous=True, kind="-1")
+        if errcode == endpoint.spent_errcode and ambiguous:
+            # An earlier attempt may have spent the code at WeChat before failing;
+            # "code used" would blame the user for our retry.
+            raise WeChatUnavailable(
+                f"WeChat failed mid-exchange and the {endpoint.code_name} is spent; "
+                f"{endpoint.fresh_code}",
+                errcode=str(errcode),
+            )
+        if endpoint.uses_access_token and errcode in ACCESS_TOKEN_REJECTED:
+            raise AccessTokenRejected(errcode=str(errcode))
+        error_type = endpoint.errcodes.get(errcode, WeChatError)
+        if error_type is WeChatError:
+            message: str | None = f"WeChat returned errcode {errcode}"
+        elif errcode == endpoint.spent_errcode:
+            message = f"the {endpoint.code_name} was already used; {endpoint.fresh_code}"
+        elif error_type is CodeInvalid:
+            message = f"the {endpoint.code_name} is invalid or expired; {endpoint.fresh_code}"
+        else:
+            message = None
+        hint = endpoint.hint(errcode)
+        if hint is not None or error_type is WeChatError:
+            # e.g. 40013 invalid appid, 40125 invalid secret: an operator problem.
+            self._quiet.log(
+                logging.ERROR,
+                f"{endpoint.name} {app_id} {errcode}",
+                "%s refused app_id=%s (WeChat errcode %d)%s",
+                endpoint.name,
+                app_id,
+                errcode,
+                f": {hint}" if hint else "",
+            )
+        raise error_type(message, errcode=str(errcode))
 
     async def call(
         self,
@@ -162,7 +229,7 @@ class WeChatHttp:
             try:
                 payload = await self._attempt(url, json_body, min(remaining, self._total_timeout))
                 outcome = _errcode_label(payload)
-                return _checked(endpoint, payload, ambiguous=ambiguous)
+                return self._checked(endpoint, app_id, payload, ambiguous=ambiguous)
             except _Retryable as failure:
                 outcome = outcome or failure.kind
                 ambiguous = ambiguous or failure.ambiguous
@@ -253,29 +320,3 @@ def _errcode_label(payload: dict[str, Any]) -> str:
     if isinstance(errcode, int) and not isinstance(errcode, bool) and errcode in _COUNTED_ERRCODES:
         return str(errcode)
     return "other"
-
-
-def _checked(endpoint: Endpoint, payload: dict[str, Any], *, ambiguous: bool) -> dict[str, Any]:
-    """The payload when its errcode is 0 (or absent); the endpoint's error otherwise."""
-    errcode = payload.get("errcode", 0)
-    if isinstance(errcode, bool) or not isinstance(errcode, int):
-        raise WeChatError("WeChat answered a malformed errcode")
-    if errcode == 0:
-        return payload
-    if errcode == SYSTEM_BUSY:
-        raise _Retryable("errcode -1 (system busy)", ambiguous=True, kind="-1")
-    if errcode == endpoint.spent_errcode and ambiguous:
-        # An earlier attempt may have spent the code at WeChat before failing;
-        # "code used" would blame the user for our retry.
-        raise WeChatUnavailable(
-            "WeChat failed mid-exchange and the code is spent; call wx.login() again",
-            errcode=str(errcode),
-        )
-    if endpoint.uses_access_token and errcode in ACCESS_TOKEN_REJECTED:
-        raise AccessTokenRejected(errcode=str(errcode))
-    error_type = endpoint.errcodes.get(errcode, WeChatError)
-    message = f"WeChat returned errcode {errcode}" if error_type is WeChatError else None
-    # e.g. 40013 invalid appid, 40125 invalid secret: an operator problem, logged.
-    if error_type is WeChatError:
-        log.error("%s answered errcode %d", endpoint.name, errcode)
-    raise error_type(message, errcode=str(errcode))

@@ -16,6 +16,8 @@ ENDPOINT = Endpoint(
     # Phone codes are single use like login codes: "used" after a retry is ours.
     spent_errcode=40163,
     uses_access_token=True,
+    code_name="phone code",
+    fresh_code="have the user tap the getPhoneNumber button again",
 )
 
 

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from runtime.ratelimited_log import RateLimitedLog
-from service.errors import AppUnknown, RateLimited, WeChatError, WxLoginError
+from service.errors import AppUnknown, RateLimited, WeChatError
 from service.wechat._http import Endpoint, WeChatHttp
 
 log = logging.getLogger("service.wechat")
@@ -29,22 +28,6 @@ INVALID_APPID = 40013
 INVALID_SECRET = 40125
 DAILY_QUOTA = 45009
 TOO_FREQUENT = 45011
-
-# What an operator must do about each errcode only they can fix.
-_OPERATOR_HINTS: Mapping[int, str] = {
-    IP_NOT_WHITELISTED: (
-        "this server's IP address is not in the app's API IP whitelist: add it in the "
-        "mini-program's admin console (Development > Development settings > IP whitelist)"
-    ),
-    INVALID_APPID: "WeChat does not know this appid: check WXLOGIN_APPS",
-    INVALID_SECRET: (
-        "the app secret in WXLOGIN_APPS is wrong (or was reset in the admin console): update it"
-    ),
-    DAILY_QUOTA: (
-        "the app's daily quota of access_token requests (or of forced refreshes) is spent; "
-        "it resets at midnight, Beijing time"
-    ),
-}
 
 
 class AccessTokenUnavailable(WeChatError):
@@ -70,6 +53,12 @@ ENDPOINT = Endpoint(
         DAILY_QUOTA: AccessTokenQuota,
         TOO_FREQUENT: RateLimited,
     },
+    hints={
+        DAILY_QUOTA: (
+            "the app's daily quota of access_token requests (or of forced refreshes) is spent; "
+            "it resets at midnight, Beijing time"
+        )
+    },
 )
 
 
@@ -88,8 +77,6 @@ class StableToken:
         self._http = http
         self._apps = apps
         self._url = URL(http.base_url + "/cgi-bin/stable_token")
-        # A misconfigured app fails every refresh: one line per app and errcode a minute.
-        self._quiet = RateLimitedLog(log)
 
     async def __call__(
         self, app_id: str, *, force: bool = False, deadline: float | None = None
@@ -104,23 +91,10 @@ class StableToken:
             "secret": secret,
             "force_refresh": force,
         }
-        try:
-            payload = await self._http.call(
-                ENDPOINT, self._url, app_id=app_id, json_body=body, deadline=deadline
-            )
-        except WxLoginError as error:
-            errcode = int(error.metadata.get("errcode", "0") or 0)
-            hint = _OPERATOR_HINTS.get(errcode)
-            if hint is not None:
-                self._quiet.log(
-                    logging.ERROR,
-                    f"stable_token {app_id} {errcode}",
-                    "stable_token refused app_id=%s (WeChat errcode %d): %s",
-                    app_id,
-                    errcode,
-                    hint,
-                )
-            raise
+        # WeChatHttp logs what an operator must fix (OPERATOR_HINTS, the quota's hint).
+        payload = await self._http.call(
+            ENDPOINT, self._url, app_id=app_id, json_body=body, deadline=deadline
+        )
         token, expires_in = payload.get("access_token"), payload.get("expires_in")
         if not isinstance(token, str) or not token:
             raise WeChatError("WeChat answered stable_token without an access_token")
