@@ -57,6 +57,11 @@ DEV_CALLERS: Mapping[str, tuple[str, ...]] = {
     "demo": ("*", "GetAccessToken"),
 }
 CALLER_KEYS_FILE = "dev-caller-keys.json"
+# What only the service needs, and the edge must not hold: the apps' secrets, the keys
+# that seal session_keys, the database (whose URI may carry its password).
+SERVICE_SECRETS = frozenset(
+    {"WXLOGIN_APPS", "WXLOGIN_SECRET_KEY", "WXLOGIN_SECRET_KEYS_OLD", "WXLOGIN_MONGODB_URI"}
+)
 CALLERS_FILE = "dev-callers.toml"
 
 
@@ -231,10 +236,13 @@ class DevStack:
         await _wait_serving(self.grpc_target, UpstreamConfig.from_env(env).tls)
 
         if self._with_edge:
-            env.update(WXLOGIN_HTTP_LISTEN=self._http_listen, WXLOGIN_UPSTREAM=self.grpc_target)
+            edge_env = {name: value for name, value in env.items() if name not in SERVICE_SECRETS}
+            edge_env.update(
+                WXLOGIN_HTTP_LISTEN=self._http_listen, WXLOGIN_UPSTREAM=self.grpc_target
+            )
             if self.caller_keys:
-                env["WXLOGIN_CALLER_KEY"] = self.caller_keys["edge"]
-            port = await self._spawn("edge", ["clients.edge"], env)
+                edge_env["WXLOGIN_CALLER_KEY"] = self.caller_keys["edge"]
+            port = await self._spawn("edge", ["clients.edge"], edge_env)
             self.edge_url = f"http://127.0.0.1:{port}"
 
     @property

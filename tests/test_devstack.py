@@ -19,7 +19,7 @@ import aiohttp
 import grpc
 import pytest
 
-from devtools.devstack import DEV_APP
+from devtools.devstack import DEV_APP, SERVICE_SECRETS
 from devtools.pki import CertificateAuthority
 from tests.support import error_info
 from wxlogin.v1 import auth_pb2, auth_pb2_grpc
@@ -143,12 +143,29 @@ async def test_dev_stack_starts_serves_and_leaves_no_process_behind(tmp_path: Pa
 
         assert (await _login(banner, "devuser")).token
         await _callers_are_required(banner)
+        (edge,) = [pid for pid in children if b"clients.edge" in _cmdline(pid)]
+        names = _environ_names(edge)
+        assert "WXLOGIN_UPSTREAM" in names
+        assert names & SERVICE_SECRETS == set(), "the edge holds the service's secrets"
 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 60) == 0
         assert not await _outlived(children), "a dev-stack process outlived it"
         assert (tmp_path / "data" / "dev-secret-key").stat().st_mode & 0o777 == 0o600
         assert (tmp_path / "data" / "dev-caller-keys.json").stat().st_mode & 0o777 == 0o600
+
+
+def _environ_names(pid: int) -> set[str]:
+    """The names of a process's environment variables."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return {entry.partition(b"=")[0].decode() for entry in entries if entry}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 async def _callers_are_required(banner: str) -> None:
