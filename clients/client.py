@@ -173,10 +173,12 @@ class WxLoginClient:
 
     async def check_session(self, token: str, *, request_id: str | None = None) -> Session:
         """The user and expiry behind a token; SessionInvalid or SessionExpired otherwise."""
+        generation = 0
         if self.session_cache is not None:
             cached = self.session_cache.get(token)
             if cached is not None:
                 return cached
+            generation = self.session_cache.generation
         reply = await self._call(
             self._stub.CheckSession,
             auth_pb2.CheckSessionRequest(token=token),
@@ -186,7 +188,7 @@ class WxLoginClient:
         )
         session = Session(user=_user(reply.user), expires_at=_datetime(reply.expires_at))
         if self.session_cache is not None:
-            self.session_cache.put(token, session)
+            self.session_cache.put(token, session, generation=generation)
         return session
 
     async def decrypt_user_data(
@@ -234,6 +236,9 @@ class WxLoginClient:
             idempotent=True,
             request_id=request_id,
         )
+        if self.session_cache is not None:
+            # Again: a check that asked between the first drop and the revoke was told OK.
+            self.session_cache.drop(token)
 
     async def revoke_all_sessions(
         self, token: str = "", *, user_id: str = "", request_id: str | None = None
@@ -244,7 +249,8 @@ class WxLoginClient:
         nothing: 0). `user_id`: any user, for a backend granted
         "RevokeAllSessions:user_id" in wxlogin's callers file (CallerForbidden
         otherwise). Safe to retry: the second time there is nothing left to end.
-        This client's session cache forgets the user; other processes' caches
+        This client's session cache forgets the user (everything, for a token it
+        never saw: whose other tokens it holds is unknown); other processes' caches
         (the edge's, other backends') keep serving the user's other tokens for
         their `max_age` at most.
         """
@@ -264,8 +270,11 @@ class WxLoginClient:
         )
         if self.session_cache is not None:
             cached = self.session_cache.get(token) if token else None
-            self.session_cache.drop_user(cached.user.user_id if cached else user_id)
-            if token:
+            if cached is None and token:
+                # Whose tokens these were is not known here: forget them all.
+                self.session_cache.clear()
+            else:
+                self.session_cache.drop_user(cached.user.user_id if cached else user_id)
                 self.session_cache.drop(token)
         return int(reply.revoked)
 

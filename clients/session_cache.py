@@ -39,6 +39,14 @@ class SessionCache:
         self._monotonic = monotonic
         self._now = now
         self._entries: OrderedDict[bytes, tuple[float, Session]] = OrderedDict()
+        # Moves on every drop: an answer asked for before a drop (a check racing a revoke
+        # through this client) is not remembered after it.
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Take it before asking wxlogin; give it to `put` with the answer."""
+        return self._generation
 
     @staticmethod
     def _key(token: str) -> bytes:
@@ -57,8 +65,10 @@ class SessionCache:
         self._entries.move_to_end(key)
         return session
 
-    def put(self, token: str, session: Session) -> None:
-        """Remember what wxlogin just said about a token."""
+    def put(self, token: str, session: Session, *, generation: int | None = None) -> None:
+        """Remember what wxlogin just said about a token (unless a drop came since `generation`)."""
+        if generation is not None and generation != self._generation:
+            return
         key = self._key(token)
         now = self._monotonic()
         self._entries[key] = (now, session)
@@ -76,17 +86,24 @@ class SessionCache:
 
     def drop(self, token: str) -> None:
         """Forget a token (revoked through this client)."""
+        self._generation += 1
         self._entries.pop(self._key(token), None)
 
     def drop_user(self, user_id: str) -> None:
         """Forget every token of a user (logged out everywhere through this client)."""
         if not user_id:
             return
+        self._generation += 1
         gone = [
             key for key, (_, session) in self._entries.items() if session.user.user_id == user_id
         ]
         for key in gone:
             del self._entries[key]
+
+    def clear(self) -> None:
+        """Forget everything (a user logged out everywhere whose tokens are not known here)."""
+        self._generation += 1
+        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -57,10 +57,19 @@ DEV_CALLERS: Mapping[str, tuple[str, ...]] = {
     "demo": ("*", "GetAccessToken"),
 }
 CALLER_KEYS_FILE = "dev-caller-keys.json"
-# What only the service needs, and the edge must not hold: the apps' secrets, the keys
-# that seal session_keys, the database (whose URI may carry its password).
+# What only the service needs, and the edge is not handed: the apps' secrets, the keys
+# that seal session_keys, the database (whose URI may carry its password), the service's
+# TLS key and the data dir (the dev secret key, every caller's key). Hygiene, as in
+# production's separate env files, not isolation: here both run as the same user.
 SERVICE_SECRETS = frozenset(
-    {"WXLOGIN_APPS", "WXLOGIN_SECRET_KEY", "WXLOGIN_SECRET_KEYS_OLD", "WXLOGIN_MONGODB_URI"}
+    {
+        "WXLOGIN_APPS",
+        "WXLOGIN_SECRET_KEY",
+        "WXLOGIN_SECRET_KEYS_OLD",
+        "WXLOGIN_MONGODB_URI",
+        "WXLOGIN_TLS_KEY",
+        "WXLOGIN_DATA_DIR",
+    }
 )
 CALLERS_FILE = "dev-callers.toml"
 

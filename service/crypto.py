@@ -173,10 +173,11 @@ def decrypt_user_data(session_key: str, encrypted_data: str, iv: str) -> dict[st
         plain = unpadder.update(decryptor.update(ciphertext) + decryptor.finalize())
         plain += unpadder.finalize()
         data = _STRICT_JSON.decode(plain.decode("utf-8"))
-    except _BeyondADouble:
-        raise BadRequest("a number in the data is beyond a double's range") from None
+    # _BeyondADouble: raised the moment the reader meets the number, before the rest is
+    # read; answered apart, it would say "valid padding, a number first": DECRYPT_FAILED
+    # like every other failure (WeChat's data has no such numbers).
     # RecursionError: nested deeper than Python's stack (json's C reader recurses).
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, UnicodeDecodeError, RecursionError, _BeyondADouble):
         raise DecryptFailed() from None
     if not isinstance(data, dict):
         raise DecryptFailed()

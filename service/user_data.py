@@ -146,6 +146,12 @@ class UserDataDecryptor:
         wx.getUserInfo payload starts with the user's openId, which such a forgery
         loses: link only when the data names the session's openId, and only a unionId
         shaped like WeChat's (it is stored, and answered on every CheckSession).
+
+        This rests on WeChat's layout: `{"openId":"` and the openid's first 5 characters
+        fill block 0 exactly, so keeping them leaves the forger no chosen byte; splicing
+        blocks of several blobs only adds 16 random bytes per seam, which break a key or
+        the JSON; and quotes inside the user's own fields arrive escaped. Were WeChat ever
+        to put a field its user controls before openId, this check would stop holding.
         """
         if data.get("openId") != user.openid:
             why = "its openId is not the session's"

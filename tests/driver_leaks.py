@@ -6,7 +6,10 @@ wherever they are. A client closed within milliseconds of its first command leak
 one socket about one close in three (PyMongo 4.20.1, the latest release);
 test_driver_leaks.py shows it. In the suite it happens rarely, after a mongod
 SIGKILL or with a short-lived service, and `filterwarnings = error` makes it a
-failed run. Production closes its one client at exit, where a socket is nothing.
+failed run. In production the same leak follows a deadline (the store's
+asyncio.timeout) that cancels a pool connection mid-connect while MongoDB is slow:
+the socket is closed when it is collected, so it costs a file descriptor for a
+moment, not a connection for good.
 
 The leaked socket is told apart by how PyMongo configures every socket before it
 connects: keep-alive on, with its own idle and interval times
@@ -48,6 +51,8 @@ def _pymongo_keepalive() -> tuple[int, int, int]:
 def is_pymongo_socket(obj: object) -> bool:
     """True for an open socket that PyMongo configured (see the module's docstring)."""
     if not isinstance(obj, socket.socket) or obj.fileno() == -1:
+        return False
+    if obj.family not in (socket.AF_INET, socket.AF_INET6) or obj.type != socket.SOCK_STREAM:
         return False
     try:
         return _keepalive(obj) == _pymongo_keepalive()

@@ -203,15 +203,15 @@ async def test_hostile_bytes_never_crash_the_server(
     await stub.CheckSession(auth_pb2.CheckSessionRequest(token=token))
 
 
-async def test_a_number_no_struct_can_hold_is_a_bad_request(
+async def test_a_number_no_struct_can_hold_is_decrypt_failed(
     stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator
 ) -> None:
-    """Decrypted JSON with an integer beyond a double's range is BAD_REQUEST, never INTERNAL."""
+    """Decrypted JSON with an integer beyond a double's range: DECRYPT_FAILED, never INTERNAL."""
     token = await logged_in(stub, emu, "huge")
     blob = await emu.user_data(APP_A, "huge", data={"n": 10**400})
     assert await decrypt_error(stub, decrypt_request(token, blob)) == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "BAD_REQUEST",
+        "DECRYPT_FAILED",
     )
 
 

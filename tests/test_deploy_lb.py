@@ -84,6 +84,14 @@ def test_haproxy_accepts_the_deploy_config(tmp_path: Path) -> None:
     assert "Configuration file is valid" in run.stdout
 
 
+def test_an_env_file_from_before_the_user_variables_still_starts(tmp_path: Path) -> None:
+    """Without WXLOGIN_LB_USER/GROUP (an upgrade's old env file) the config says haproxy."""
+    env = haproxy_env(tmp_path)
+    del env["WXLOGIN_LB_USER"], env["WXLOGIN_LB_GROUP"]
+    run = haproxy_check(env)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_haproxy_refuses_the_config_without_its_certificate(tmp_path: Path) -> None:
     """A variable left unset (the balancer's certificate) fails the check, not the first call."""
     run = haproxy_check(haproxy_env(tmp_path, WXLOGIN_LB_CERT=str(tmp_path / "missing.pem")))
@@ -91,16 +99,16 @@ def test_haproxy_refuses_the_config_without_its_certificate(tmp_path: Path) -> N
     assert "missing.pem" in run.stdout + run.stderr
 
 
-def _ids(pid: int) -> tuple[list[int], list[int]]:
-    """A process's uids and gids (real, effective, saved, filesystem)."""
+def _ids(pid: int) -> tuple[list[int], list[int], list[int]]:
+    """A process's uids and gids (real, effective, saved, filesystem) and supplementary groups."""
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    uid, gid = (
+    uid, gid, groups = (
         [int(n) for n in line.split()[1:]]
-        for key in ("Uid:", "Gid:")
+        for key in ("Uid:", "Gid:", "Groups:")
         for line in status
         if line.startswith(key)
     )
-    return uid, gid
+    return uid, gid, groups
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="only root can become another user")
@@ -124,9 +132,10 @@ def test_the_balancer_drops_root_once_its_ports_are_bound(tmp_path: Path) -> Non
                 assert balancer.poll() is None, "haproxy exited"
                 assert time.monotonic() < deadline, "haproxy's stats never answered"
                 time.sleep(0.1)
-        uids, gids = _ids(balancer.pid)
+        uids, gids, groups = _ids(balancer.pid)
         assert set(uids) == {user.pw_uid}, uids
         assert set(gids) == {user.pw_gid}, gids
+        assert set(groups) <= {user.pw_gid}, groups  # root's own groups are gone too
     finally:
         balancer.terminate()
         balancer.wait(timeout=10)
@@ -134,7 +143,9 @@ def test_the_balancer_drops_root_once_its_ports_are_bound(tmp_path: Path) -> Non
 
 def test_the_env_example_sets_every_variable_the_config_reads() -> None:
     """deploy/env/haproxy.env.example names exactly the variables haproxy.cfg expands."""
-    wanted = set(re.findall(r"\$\{(WXLOGIN_[A-Z0-9_]+)\}", HAPROXY_CONFIG.read_text()))
+    # ${NAME} or ${NAME-default}
+    expanded = r"\$\{(WXLOGIN_[A-Z0-9_]+)(?:-[^}]*)?\}"
+    wanted = set(re.findall(expanded, HAPROXY_CONFIG.read_text()))
     assert len(wanted) == 13
     assert _assigned(ENV / "haproxy.env.example") == wanted
 

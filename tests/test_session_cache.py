@@ -62,6 +62,20 @@ def test_stale_entries_leave_as_new_ones_arrive() -> None:
     assert cache.get("new0") is not None
 
 
+def test_an_answer_asked_for_before_a_drop_is_not_remembered() -> None:
+    """A check racing a revoke through the same client: its OK must not outlive the revoke."""
+    cache = SessionCache(max_age=60)
+    far = datetime.now(UTC) + timedelta(hours=1)
+    asked_at = cache.generation  # the check asks wxlogin...
+    cache.drop("tok")  # ...the revoke drops the token meanwhile...
+    cache.put("tok", Session(USER, far), generation=asked_at)  # ...then the OK arrives
+    assert cache.get("tok") is None
+    cache.put("tok", Session(USER, far), generation=cache.generation)
+    assert cache.get("tok") is not None
+    cache.clear()
+    assert len(cache) == 0
+
+
 async def _login(stub: auth_pb2_grpc.AuthServiceStub, emu: Emulator, user: str) -> str:
     reply = await stub.Login(auth_pb2.LoginRequest(app_id=APP_A, code=await emu.code(APP_A, user)))
     return reply.token
@@ -86,6 +100,14 @@ async def test_client_cache_hides_a_revoke_elsewhere_only_for_max_age(
         await client.revoke_session(other)  # through this client: dropped at once
         with pytest.raises(SessionInvalid):
             await client.check_session(other)
+
+        # Log out everywhere by a token this cache never saw: whose other tokens are
+        # cached is unknown here, so none of them is served again.
+        one, two = await _login(stub, emu, "cache-3"), await _login(stub, emu, "cache-3")
+        await client.check_session(two)
+        assert await client.revoke_all_sessions(one) == 2
+        with pytest.raises(SessionInvalid):
+            await client.check_session(two)
 
 
 async def test_edge_cache_answers_session_and_respects_logout_and_expiry(

@@ -122,10 +122,15 @@ export declare class SessionCache {
   constructor(options?: SessionCacheOptions);
   readonly maxAgeMs: number;
   readonly size: number;
+  /** Moves on every drop; give the value taken before asking wxlogin to put(). */
+  readonly generation: number;
+  /** A new frozen object each time; null when unknown, stale or expired. */
   get(token: string): Session | null;
-  put(token: string, session: Session): void;
+  /** Not remembered when a drop came since `generation`, or without a valid expiresAt. */
+  put(token: string, session: Session, generation?: number): void;
   drop(token: string): void;
   dropUser(userId: string): void;
+  clear(): void;
 }
 
 export interface CallOptions {

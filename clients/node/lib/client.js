@@ -10,7 +10,6 @@ const util = require('node:util');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { DeadlineExceeded, ServiceUnavailable, fromServiceError } = require('./errors');
-const { SessionCache } = require('./session-cache');
 const { CALLER_KEY_METADATA, isCallerKey } = require('./upstream');
 
 const PROTO_FILE = path.join('wxlogin', 'v1', 'auth.proto');
@@ -151,7 +150,8 @@ class WxLoginClient {
     if (callerKey != null && !isCallerKey(callerKey)) {
       throw new TypeError('a caller key is 16-256 printable ASCII characters, no spaces');
     }
-    if (sessionCache != null && !(sessionCache instanceof SessionCache)) {
+    // Its shape, not `instanceof`: an app can end up with two copies of this package.
+    if (sessionCache != null && !['get', 'put', 'drop', 'dropUser', 'clear'].every((name) => typeof sessionCache[name] === 'function')) {
       throw new TypeError('sessionCache is a SessionCache (new SessionCache({ maxAgeMs }))');
     }
     // Opt-in (lib/session-cache.js): checkSession answers from memory for up to maxAgeMs.
@@ -176,18 +176,20 @@ class WxLoginClient {
 
   /** The user and expiry behind a token; SessionInvalid or SessionExpired otherwise. */
   async checkSession(token, { deadlineMs, requestId } = {}) {
+    let generation;
     if (this.sessionCache !== null) {
       const cached = this.sessionCache.get(token);
       if (cached !== null) return cached;
+      generation = this.sessionCache.generation;
     }
     const reply = await this._call('CheckSession', { token }, {
       budgetMs: deadlineMs ?? this.deadlines.checkSession,
       idempotent: true,
       requestId,
     });
-    // Frozen: a cached session is shared by every caller of the token, none may change it.
+    // Frozen, like the cache's answers: the same shape whichever way it came.
     const session = Object.freeze({ user: Object.freeze(toUser(reply.user)), expiresAt: toDate(reply.expires_at) });
-    if (this.sessionCache !== null) this.sessionCache.put(token, session);
+    if (this.sessionCache !== null) this.sessionCache.put(token, session, generation);
     return session;
   }
 
@@ -217,6 +219,8 @@ class WxLoginClient {
       idempotent: true,
       requestId,
     });
+    // Again: a check that asked between the first drop and the revoke was told OK.
+    if (this.sessionCache !== null) this.sessionCache.drop(token);
   }
 
   /** Log a user out everywhere, by `{ token }` or `{ userId }`; how many live sessions ended. */
@@ -231,8 +235,13 @@ class WxLoginClient {
       // This client's cache forgets the user; other processes' caches keep serving the user's
       // other tokens for their maxAgeMs at most.
       const cached = token ? this.sessionCache.get(token) : null;
-      this.sessionCache.dropUser(cached !== null ? cached.user.userId : userId);
-      if (token) this.sessionCache.drop(token);
+      if (token && cached === null) {
+        // Whose tokens these were is not known here: forget them all.
+        this.sessionCache.clear();
+      } else {
+        this.sessionCache.dropUser(cached !== null ? cached.user.userId : userId);
+        if (token) this.sessionCache.drop(token);
+      }
     }
     return reply.revoked;
   }

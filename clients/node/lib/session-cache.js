@@ -31,28 +31,46 @@ class SessionCache {
     this._now = now;
     // Insertion order is recency order: get() and put() move an entry to the end.
     this._entries = new Map();
+    // Moves on every drop: an answer asked for before a drop (a check racing a revoke through
+    // this client) is not remembered after it.
+    this._generation = 0;
   }
 
-  /** A remembered session that is still fresh and not expired, else null. */
+  /** Take it before asking wxlogin; give it to put() with the answer. */
+  get generation() {
+    return this._generation;
+  }
+
+  /**
+   * A remembered session that is still fresh and not expired, else null. A new object each
+   * time (its user frozen and shared): no caller can change what the next one is told.
+   */
   get(token) {
     const key = digest(token);
     const entry = this._entries.get(key);
     if (entry === undefined) return null;
-    if (this._monotonic() - entry.storedAt > this.maxAgeMs || this._now() >= entry.session.expiresAt.getTime()) {
+    if (this._monotonic() - entry.storedAt > this.maxAgeMs || this._now() >= entry.expiresAtMs) {
       this._entries.delete(key);
       return null;
     }
     this._entries.delete(key);
     this._entries.set(key, entry);
-    return entry.session;
+    return Object.freeze({ user: entry.user, expiresAt: new Date(entry.expiresAtMs) });
   }
 
-  /** Remember what wxlogin just said about a token. */
-  put(token, session) {
+  /**
+   * Remember what wxlogin just said about a token, unless a drop came since `generation`
+   * (when given). A session without a valid expiresAt is not remembered.
+   */
+  put(token, session, generation) {
+    if (generation !== undefined && generation !== this._generation) return;
+    const expiresAtMs = session && session.expiresAt instanceof Date ? session.expiresAt.getTime() : NaN;
+    if (!Number.isFinite(expiresAtMs)) return;
     const key = digest(token);
     const now = this._monotonic();
     this._entries.delete(key);
-    this._entries.set(key, { storedAt: now, session });
+    // Kept apart from the caller's object: a Date stays mutable even in a frozen session.
+    this._entries.set(key, { storedAt: now, user: Object.freeze({ ...session.user }), expiresAtMs });
     while (this._entries.size > this._maxEntries) this._entries.delete(this._entries.keys().next().value);
     // A stale entry is never served again, but would stay until the size bound pushed it out:
     // the least recently used end is the oldest, so drop at most two there per put (O(1),
@@ -66,15 +84,23 @@ class SessionCache {
 
   /** Forget a token (revoked through this client). */
   drop(token) {
+    this._generation += 1;
     this._entries.delete(digest(token));
   }
 
   /** Forget every token of a user (logged out everywhere through this client). */
   dropUser(userId) {
     if (!userId) return;
+    this._generation += 1;
     for (const [key, entry] of this._entries) {
-      if (entry.session.user.userId === userId) this._entries.delete(key);
+      if (entry.user.userId === userId) this._entries.delete(key);
     }
+  }
+
+  /** Forget everything (a user logged out everywhere whose tokens are not known here). */
+  clear() {
+    this._generation += 1;
+    this._entries.clear();
   }
 
   get size() {

@@ -135,7 +135,7 @@ test('with a session cache, checkSession answers from memory; a revoke through t
   await client().revokeSession(login.token); // revoked elsewhere
   await assert.rejects(client().checkSession(login.token), wx.SessionInvalid);
   // The price of the cache: up to maxAgeMs more here.
-  assert.equal(await cached.checkSession(login.token), session);
+  assert.deepEqual(await cached.checkSession(login.token), session);
   await cached.revokeSession(login.token);
   await assert.rejects(cached.checkSession(login.token), wx.SessionInvalid);
   assert.equal(cached.sessionCache.size, 0, 'a rejected token is not remembered');
@@ -151,6 +151,12 @@ test("with a session cache, revokeAllSessions forgets every one of the user's to
   assert.equal(await cached.revokeAllSessions({ token: one.token }), 2);
   await assert.rejects(cached.checkSession(one.token), wx.SessionInvalid);
   await assert.rejects(cached.checkSession(two.token), wx.SessionInvalid);
+  // By a token this cache never saw: whose other tokens are cached is unknown, so none is served.
+  const three = await cached.login(await wxCode(user), { appId: env.APP_ID });
+  const four = await cached.login(await wxCode(user), { appId: env.APP_ID });
+  await cached.checkSession(four.token);
+  assert.equal(await cached.revokeAllSessions({ token: three.token }), 2);
+  await assert.rejects(cached.checkSession(four.token), wx.SessionInvalid);
   assert.throws(() => client({ sessionCache: { maxAgeMs: 1000 } }), TypeError);
 });
 

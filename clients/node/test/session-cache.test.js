@@ -23,7 +23,7 @@ test('an answer is served for maxAgeMs after it was given, then asked again', ()
   const alice = session('alice');
   cache.put('token-a', alice);
   clock.ms = 2000;
-  assert.equal(cache.get('token-a'), alice);
+  assert.deepEqual(cache.get('token-a'), alice);
   clock.ms = 2001;
   assert.equal(cache.get('token-a'), null);
   assert.equal(cache.size, 0, 'a stale entry is dropped when met');
@@ -88,4 +88,34 @@ test('bad options are refused at construction, not at the first call', () => {
   assert.throws(() => new SessionCache({ maxAgeMs: '2s' }), RangeError);
   assert.throws(() => new SessionCache({ maxEntries: 0 }), RangeError);
   assert.throws(() => new SessionCache({ maxEntries: 1.5 }), RangeError);
+});
+
+test('what a caller does to its answer changes nothing for the next one', () => {
+  const { cache, clock } = cacheOn({ maxAgeMs: 60000 });
+  cache.put('token-a', session('alice', 500));
+  const first = cache.get('token-a');
+  assert.ok(Object.isFrozen(first) && Object.isFrozen(first.user));
+  first.expiresAt.setTime(EPOCH + 3600000); // a Date stays mutable inside a frozen object
+  clock.now = EPOCH + 500;
+  assert.equal(cache.get('token-a'), null, 'the expiry is the one wxlogin gave');
+});
+
+test('an answer asked for before a drop is not remembered; clear() forgets everything', () => {
+  const { cache } = cacheOn();
+  const askedAt = cache.generation; // a check asks wxlogin...
+  cache.drop('token-a'); // ...a revoke through the same client drops the token meanwhile...
+  cache.put('token-a', session('alice'), askedAt); // ...then the check's OK arrives
+  assert.equal(cache.get('token-a'), null);
+  cache.put('token-a', session('alice'), cache.generation);
+  cache.put('token-b', session('bob'));
+  assert.equal(cache.size, 2);
+  cache.clear();
+  assert.equal(cache.size, 0);
+});
+
+test('a session without a valid expiresAt is not remembered', () => {
+  const { cache } = cacheOn();
+  cache.put('token-a', { user: { userId: 'alice' }, expiresAt: null });
+  cache.put('token-b', { user: { userId: 'bob' }, expiresAt: new Date(NaN) });
+  assert.equal(cache.size, 0);
 });
